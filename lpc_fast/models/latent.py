@@ -1,0 +1,144 @@
+"""``LatentModel``: decoder + likelihood + prior (+ optional encoder), and the energy Langevin samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .likelihoods import BernoulliLikelihood, DiscretisedGaussianLikelihood, GaussianLikelihood, Likelihood
+from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from .prior import StandardNormalPrior
+
+__all__ = ["LatentModel", "build_likelihood", "build_model"]
+
+
+class LatentModel(nn.Module):
+    """``p(x, z) = p(x | decoder(z)) N(z; 0, I)`` with an optional amortised encoder.
+
+    Data ``x`` is always given in [0, 1], shape ``[B, C, H, W]``; latents ``z`` are ``[B, latent_dim]``. All
+    per-data-point quantities are ``[B]`` in nats and depend on row ``b`` of ``x`` and ``z`` only.
+
+    Parameters
+    ----------
+    decoder : nn.Module
+        ``z -> decoder output`` of shape ``[B, *data_shape]`` (the likelihood's parameterisation).
+    likelihood : Likelihood
+    latent_dim : int
+    data_shape : (C, H, W)
+    encoder : nn.Module, optional
+        ``x -> (mu, log_sigma)`` of a diagonal Gaussian ``q(z | x)``.
+    prior : StandardNormalPrior, optional
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        latent_dim: int,
+        data_shape: Sequence[int],
+        encoder: nn.Module | None = None,
+        prior: StandardNormalPrior | None = None,
+    ):
+        super().__init__()
+        self.decoder = decoder
+        self.encoder = encoder
+        self.likelihood = likelihood
+        self.prior = prior if prior is not None else StandardNormalPrior()
+        self.latent_dim = int(latent_dim)
+        self.data_shape = tuple(int(s) for s in data_shape)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``log p(x | z)`` per data point, ``[B]``."""
+        return self.likelihood.log_prob(x, self.decoder(z))
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``log p(x, z) = log p(x | z) + log p(z)`` per data point, ``[B]``."""
+        return self.log_likelihood(x, z) + self.prior.log_prob(z)
+
+    def energy(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``E(z; x) = -log p(x | z) - log p(z)`` per data point, ``[B]`` (Langevin targets ``exp(-E)``).
+
+        Call ``energy(z, x).sum().backward()`` to get every chain's gradient at once: the sum couples
+        nothing because each term depends on its own row.
+        """
+        return -self.log_joint(x, z)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, log_sigma)`` of ``q(z | x)``, each ``[B, latent_dim]``."""
+        if self.encoder is None:
+            raise RuntimeError("this model has no encoder (built with use_encoder=False)")
+        return self.encoder(x)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean image of ``p(x | z)`` in [0, 1], ``[B, C, H, W]``."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, *, from_likelihood: bool = False
+    ) -> torch.Tensor:
+        """Images from the model: ``z ~ N(0, I)``, then the likelihood mean (or a draw of it).
+
+        Parameters
+        ----------
+        n : int
+        generator : torch.Generator, optional
+            Drives both the prior draw and, with ``from_likelihood``, the pixel noise.
+        from_likelihood : bool
+            Return a draw of ``p(x | z)`` instead of its mean (the mean is what sample-quality metrics use).
+        """
+        ref = next(self.decoder.parameters(), None)
+        device = ref.device if ref is not None else None
+        dtype = ref.dtype if ref is not None else torch.float32
+        z = self.prior.sample(n, self.latent_dim, generator, device=device, dtype=dtype)
+        out = self.decoder(z)
+        if from_likelihood:
+            return self.likelihood.sample(out, generator)
+        return self.likelihood.mean(out)
+
+
+def build_likelihood(config: ModelConfig, num_levels: int | None = None) -> Likelihood:
+    """The likelihood module that ``config`` names (``num_levels`` only matters for the discretised one)."""
+    name = config.likelihood
+    if name in ("gaussian", "gaussian_learned"):
+        learn = config.learn_sigma or name == "gaussian_learned"
+        return GaussianLikelihood(config.sigma, learn_sigma=learn, mean_activation=config.mean_activation)
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "discretised_gaussian":
+        levels = config.num_levels if num_levels is None else int(num_levels)
+        return DiscretisedGaussianLikelihood(
+            levels, sigma=config.sigma, learn_sigma=config.learn_sigma, mean_activation=config.mean_activation
+        )
+    raise ValueError(f"unknown likelihood {name!r}")
+
+
+def build_model(config: ModelConfig, data_shape: Sequence[int], num_levels: int | None = None) -> LatentModel:
+    """Build the :class:`LatentModel` that ``config`` describes for images of ``data_shape = (C, H, W)``.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    data_shape : (C, H, W)
+    num_levels : int, optional
+        Intensity levels of the data (the dataset knows: 256 for 8-bit images, 17 for sklearn's digits);
+        ``None`` takes ``config.num_levels``.
+    """
+    config.validate()
+    shape = tuple(int(s) for s in data_shape)
+    if config.architecture == "mlp":
+        decoder: nn.Module = MLPDecoder(config.latent_dim, shape, config.mlp_hidden)
+        encoder = MLPEncoder(shape, config.latent_dim, tuple(reversed(config.mlp_hidden)))
+    else:
+        decoder = ConvDecoder(config.latent_dim, shape, config.conv_channels, config.conv_hidden)
+        encoder = ConvEncoder(shape, config.latent_dim, config.conv_channels, config.conv_hidden)
+    return LatentModel(
+        decoder,
+        build_likelihood(config, num_levels),
+        config.latent_dim,
+        shape,
+        encoder=encoder if config.use_encoder else None,
+    )

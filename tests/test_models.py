@@ -1,0 +1,297 @@
+"""Models: likelihood densities against independent formulas, per-data-point independence, shapes.
+
+If per-data-point independence fails, the Langevin chains of one minibatch interact and LPC samples a
+joint posterior that does not factorise over data points; if the discretised likelihood does not normalise,
+reported log-likelihoods (nats, bits/dim) are not likelihoods.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import pytest
+import torch
+from torch import nn
+
+from lpc_fast.models import (
+    BernoulliLikelihood,
+    ConvDecoder,
+    ConvEncoder,
+    DiscretisedGaussianLikelihood,
+    GaussianLikelihood,
+    LatentModel,
+    ModelConfig,
+    StandardNormalPrior,
+    build_model,
+    log_normal_cdf_difference,
+)
+
+LIKELIHOOD_NAMES = ("gaussian", "gaussian_learned", "bernoulli", "discretised_gaussian")
+SHAPES = {"mlp": ("mlp", (1, 8, 8)), "conv32": ("conv", (3, 32, 32)), "conv64": ("conv", (3, 64, 64))}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small tensors: a second OpenMP thread only adds contention on a shared machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _small_config(arch: str, likelihood: str, **kw) -> ModelConfig:
+    return ModelConfig(architecture=arch, likelihood=likelihood, latent_dim=6, mlp_hidden=(32, 16), **kw)
+
+
+# -- shapes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("likelihood", LIKELIHOOD_NAMES)
+def test_shapes(name, likelihood):
+    arch, shape = SHAPES[name]
+    model = build_model(_small_config(arch, likelihood), shape, num_levels=256)
+    b = 3
+    x = torch.rand(b, *shape)
+    z = torch.randn(b, 6)
+    assert model.decoder(z).shape == (b, *shape)
+    assert model.energy(z, x).shape == (b,)
+    assert model.log_likelihood(x, z).shape == (b,)
+    assert model.log_joint(x, z).shape == (b,)
+    mu, log_sigma = model.encode(x)
+    assert mu.shape == log_sigma.shape == (b, 6)
+    mean = model.decode_mean(z)
+    assert mean.shape == (b, *shape) and mean.min() >= 0 and mean.max() <= 1
+    for images in (model.sample(2), model.sample(2, from_likelihood=True)):
+        assert images.shape == (2, *shape) and images.min() >= 0 and images.max() <= 1
+    assert model.latent_dim == 6 and model.data_shape == shape
+
+
+def test_beta_vae_layers_at_64():
+    """64x64: Linear -> 256 -> 64x4x4, four stride-2 4x4 transposed convs with channels 64-64-32-32-C."""
+    dec = ConvDecoder(10, (3, 64, 64))
+    convs = [m for m in dec.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(64, 64), (64, 32), (32, 32), (32, 3)]
+    assert all(c.stride == (2, 2) and c.kernel_size == (4, 4) for c in convs)
+    assert [m.out_features for m in dec.fc if isinstance(m, nn.Linear)] == [256, 64 * 16]
+    enc = ConvEncoder((3, 64, 64), 10)
+    convs = [m for m in enc.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 32), (32, 32), (32, 64), (64, 64)]
+    assert all(c.stride == (2, 2) for c in convs)
+
+
+def test_conv_rejects_unsupported_sizes_and_config_values():
+    with pytest.raises(ValueError, match="side"):
+        build_model(ModelConfig(architecture="conv"), (3, 48, 48))
+    with pytest.raises(ValueError, match="square"):
+        build_model(ModelConfig(architecture="conv"), (3, 32, 64))
+    with pytest.raises(ValueError, match="architecture"):
+        ModelConfig(architecture="resnet")
+    with pytest.raises(ValueError, match="likelihood"):
+        ModelConfig(likelihood="poisson")
+    model = build_model(ModelConfig(use_encoder=False), (1, 8, 8))
+    assert model.encoder is None
+    with pytest.raises(RuntimeError, match="encoder"):
+        model.encode(torch.rand(1, 1, 8, 8))
+
+
+def test_no_batch_norm_anywhere():
+    for arch, shape in SHAPES.values():
+        model = build_model(ModelConfig(architecture=arch), shape)
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_sample_is_reproducible_with_a_generator():
+    model = build_model(_small_config("mlp", "discretised_gaussian"), (1, 8, 8), num_levels=17)
+    a = model.sample(4, torch.Generator().manual_seed(3), from_likelihood=True)
+    b = model.sample(4, torch.Generator().manual_seed(3), from_likelihood=True)
+    assert torch.equal(a, b)
+    # Discretised draws lie on the 17 levels.
+    assert torch.equal(torch.round(a * 16) / 16, a)
+
+
+# -- per-data-point independence ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("likelihood", LIKELIHOOD_NAMES)
+def test_energy_is_per_data_point(name, likelihood):
+    """Batch energy = singleton energies; chain b's gradient does not move when other rows of x change."""
+    arch, shape = SHAPES[name]
+    torch.manual_seed(0)
+    model = build_model(_small_config(arch, likelihood), shape).double()
+    model.train()  # training mode is where BatchNorm would couple the rows
+    b = 3
+    x = torch.rand(b, *shape, dtype=torch.float64)
+    z = torch.randn(b, 6, dtype=torch.float64, requires_grad=True)
+    batch = model.energy(z, x)
+    singles = torch.cat([model.energy(z[i : i + 1], x[i : i + 1]) for i in range(b)])
+    torch.testing.assert_close(batch, singles, rtol=1e-12, atol=1e-9)
+    (grad,) = torch.autograd.grad(batch.sum(), z)
+    x2 = x.clone()
+    x2[1:] = torch.rand(b - 1, *shape, dtype=torch.float64)
+    (grad2,) = torch.autograd.grad(model.energy(z, x2).sum(), z)
+    torch.testing.assert_close(grad2[0], grad[0], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(grad2[1:], grad[1:])
+
+
+# -- likelihood densities ---------------------------------------------------------------------------------
+
+
+def test_gaussian_matches_torch_distributions():
+    torch.manual_seed(1)
+    x = torch.rand(4, 2, 3, 3, dtype=torch.float64)
+    out = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    for act, loc in (("identity", out), ("sigmoid", torch.sigmoid(out))):
+        lik = GaussianLikelihood(0.3, mean_activation=act).double()
+        ref = torch.distributions.Normal(loc, 0.3).log_prob(x).sum(dim=(1, 2, 3))
+        torch.testing.assert_close(lik.log_prob(x, out), ref, rtol=1e-12, atol=1e-10)
+
+
+def test_learned_sigma_is_a_shared_parameter():
+    lik = GaussianLikelihood(0.2, learn_sigma=True).double()
+    assert isinstance(lik.log_sigma, nn.Parameter) and lik.log_sigma.numel() == 1
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    out = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    lik.log_prob(x, out).sum().backward()
+    # d/d log sigma of sum(-r^2/(2 s^2) - log s) = sum(r^2/s^2 - 1)
+    r = x - torch.sigmoid(out)
+    s2 = torch.exp(2 * lik.log_sigma.detach())  # the parameter's float32-rounded start value
+    expected = (r * r / s2 - 1).sum()
+    torch.testing.assert_close(lik.log_sigma.grad, expected, rtol=1e-10, atol=1e-10)
+    model = build_model(ModelConfig(likelihood="gaussian_learned", latent_dim=4), (1, 4, 4))
+    assert any(p is model.likelihood.log_sigma for p in model.parameters())
+    fixed = build_model(ModelConfig(likelihood="gaussian", latent_dim=4), (1, 4, 4))
+    assert not fixed.likelihood.learn_sigma and not list(fixed.likelihood.parameters())
+
+
+def test_bernoulli_matches_torch_distributions():
+    torch.manual_seed(2)
+    logits = 3 * torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    x = torch.bernoulli(torch.full_like(logits, 0.4))
+    ref = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(dim=(1, 2, 3))
+    lik = BernoulliLikelihood()
+    torch.testing.assert_close(lik.log_prob(x, logits), ref, rtol=1e-12, atol=1e-10)
+    # Continuous targets: the cross-entropy x log s + (1 - x) log(1 - s).
+    xc = torch.rand_like(logits)
+    s = torch.sigmoid(logits)
+    ref_c = (xc * torch.log(s) + (1 - xc) * torch.log1p(-s)).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(lik.log_prob(xc, logits), ref_c, rtol=1e-10, atol=1e-8)
+    assert torch.equal(lik.mean(logits), s)
+
+
+@pytest.mark.parametrize("num_levels", [2, 17, 256])
+@pytest.mark.parametrize("sigma", [1e-3, 0.05, 3.0])
+def test_discretised_gaussian_sums_to_one(num_levels, sigma):
+    """Over all levels of a pixel the probabilities sum to 1, for locations inside and outside [0, 1]."""
+    lik = DiscretisedGaussianLikelihood(num_levels, sigma=sigma, mean_activation="identity").double()
+    locs = torch.tensor([-0.7, 0.0, 0.013, 0.5, 0.98, 1.0, 1.6], dtype=torch.float64)
+    levels = torch.arange(num_levels, dtype=torch.float64) / (num_levels - 1)
+    x = levels.view(-1, 1).expand(-1, locs.numel())
+    out = locs.view(1, -1).expand(num_levels, -1)
+    logp = lik.log_prob_levels(x, out)
+    assert torch.isfinite(logp).all()
+    total = torch.logsumexp(logp, dim=0)
+    torch.testing.assert_close(total, torch.zeros_like(total), rtol=0, atol=1e-9)
+
+
+def _mp_log_bin(lo: float, hi: float) -> float:
+    """log(Phi(hi) - Phi(lo)) to 50 digits (mpmath), the independent oracle."""
+    mpmath.mp.dps = 50
+    if lo + hi > 0:  # the same mass from the lower tail, where ncdf keeps full relative precision
+        lo, hi = -hi, -lo
+    return float(mpmath.log(mpmath.ncdf(hi) - mpmath.ncdf(lo)))
+
+
+def test_discretised_gaussian_bins_match_high_precision():
+    """Interior and edge bins against mpmath, including far tails where naive CDF differences underflow."""
+    lik = DiscretisedGaussianLikelihood(256, sigma=0.01, mean_activation="identity").double()
+    s = 2 * 0.01
+    w = 2 / 255
+    cases = [(0.5, 0.5), (0.5, 0.52), (0.2, 0.9), (0.9, 0.1), (0.3, 0.301), (0.6, 0.0)]
+    for x_val, loc in cases:
+        x = torch.tensor([[x_val]], dtype=torch.float64)
+        out = torch.tensor([[loc]], dtype=torch.float64)
+        y = 2 * round(x_val * 255) / 255 - 1
+        m = 2 * loc - 1
+        expected = _mp_log_bin((y - w / 2 - m) / s, (y + w / 2 - m) / s)
+        got = float(lik.log_prob_levels(x, out))
+        assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9), (x_val, loc, got, expected)
+    # Edge bins are half-lines.
+    for x_val, loc in [(0.0, 0.9), (1.0, 0.1), (0.0, 0.0), (1.0, 1.0)]:
+        x = torch.tensor([[x_val]], dtype=torch.float64)
+        out = torch.tensor([[loc]], dtype=torch.float64)
+        m = 2 * loc - 1
+        if x_val == 0.0:
+            expected = float(mpmath.log(mpmath.ncdf((-1 + w / 2 - m) / s)))
+        else:
+            expected = float(mpmath.log(mpmath.ncdf(-(1 - w / 2 - m) / s)))
+        got = float(lik.log_prob_levels(x, out))
+        assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9), (x_val, loc, got, expected)
+
+
+def test_discretised_gaussian_gradients_are_finite_in_the_tails():
+    lik = DiscretisedGaussianLikelihood(256, sigma=0.001, learn_sigma=True, mean_activation="identity")
+    x = torch.tensor([[0.0, 1.0, 0.5, 0.5, 0.2]])
+    out = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.2]], requires_grad=True)
+    logp = lik.log_prob(x, out)
+    assert torch.isfinite(logp).all()
+    logp.sum().backward()
+    assert torch.isfinite(out.grad).all() and torch.isfinite(lik.log_sigma.grad).all()
+    # Moving the location toward the data raises the log-probability of far-off pixels.
+    assert out.grad[0, 0] < 0 and out.grad[0, 1] > 0 and out.grad[0, 2] > 0 and out.grad[0, 3] < 0
+
+
+def test_log_normal_cdf_difference_symmetry():
+    lo = torch.tensor([-40.0, -3.0, 2.0, 35.0], dtype=torch.float64)
+    hi = lo + 0.5
+    a = log_normal_cdf_difference(lo, hi)
+    b = log_normal_cdf_difference(-hi, -lo)
+    torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+    for i in range(4):
+        assert math.isclose(float(a[i]), _mp_log_bin(float(lo[i]), float(hi[i])), rel_tol=1e-10)
+
+
+def test_prior():
+    prior = StandardNormalPrior()
+    z = torch.randn(4, 5, dtype=torch.float64)
+    ref = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+    torch.testing.assert_close(prior.log_prob(z), ref, rtol=1e-12, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    assert prior.sample(7, 5, g).shape == (7, 5)
+
+
+# -- linear-Gaussian model -------------------------------------------------------------------------------
+
+
+def _linear_gaussian_model(w: torch.Tensor, bias: torch.Tensor, sigma: float) -> LatentModel:
+    d_x, d_z = w.shape
+    linear = nn.Linear(d_z, d_x).double()
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(bias)
+    decoder = nn.Sequential(linear, nn.Unflatten(1, (1, 1, d_x)))
+    lik = GaussianLikelihood(sigma, mean_activation="identity").double()
+    return LatentModel(decoder, lik, d_z, (1, 1, d_x))
+
+
+def test_linear_gaussian_energy_and_gradient_closed_form():
+    """E = |x - Wz - b|^2/(2 s^2) + |z|^2/2 + D log s + (D + d)/2 log 2 pi.
+
+    dE/dz = -W^T (x - Wz - b) / s^2 + z.
+    """
+    g = torch.Generator().manual_seed(4)
+    d_x, d_z, sigma = 7, 3, 0.4
+    w = torch.randn(d_x, d_z, generator=g, dtype=torch.float64)
+    bias = torch.randn(d_x, generator=g, dtype=torch.float64)
+    model = _linear_gaussian_model(w, bias, sigma)
+    x = torch.randn(5, d_x, generator=g, dtype=torch.float64)
+    z = torch.randn(5, d_z, generator=g, dtype=torch.float64, requires_grad=True)
+    energy = model.energy(z, x.view(5, 1, 1, d_x))
+    r = x - z.detach() @ w.T - bias
+    expected = (r * r).sum(1) / (2 * sigma**2) + (z.detach() ** 2).sum(1) / 2
+    expected = expected + d_x * math.log(sigma) + (d_x + d_z) / 2 * math.log(2 * math.pi)
+    torch.testing.assert_close(energy, expected, rtol=1e-12, atol=1e-10)
+    (grad,) = torch.autograd.grad(energy.sum(), z)
+    torch.testing.assert_close(grad, -r @ w / sigma**2 + z.detach(), rtol=1e-12, atol=1e-10)
