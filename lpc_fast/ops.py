@@ -205,8 +205,8 @@ def langevin_step_(
         if step is not None or seed is not None or offset is not None:
             raise ValueError("pass either rng_state or (step, seed, offset), not both")
         _check_rng_state(rng_state, z)
-        if z.numel() == 0:
-            return
+        # Even an empty z advances the state (step += 1), as every kernel does: a captured loop's
+        # step count must not depend on the batch being empty.
         with torch.no_grad():
             chosen.step_state_(z, grad, v, rng_state, **hyper)
         return
