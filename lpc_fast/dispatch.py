@@ -153,7 +153,9 @@ class ReferenceBackend(_Backend):
     def step_state_(self, z, grad, v, state, **hyper) -> None:
         seed, offset, step = (int(x) for x in state.tolist())
         self.step_(z, grad, v, step=step, seed=seed, offset=offset, **hyper)
-        advance = torch.tensor([0, rng.offset_increment(z.numel()), 1], dtype=torch.int64, device=state.device)
+        advance = torch.tensor(
+            [0, rng.offset_increment(z.numel()), 1], dtype=torch.int64, device=state.device
+        )
         state.add_(advance)
 
     def normal_(self, out: torch.Tensor, *, seed: int, offset: int) -> None:
@@ -254,8 +256,7 @@ class TritonProxyBackend(_DispatcherBackend):
 
     name = "triton"
     devices = ("cuda", "cpu")
-    prefix = "triton_"
-    _registered = False
+    prefix = "triton_"  # lpc_fast.triton registers its ops, fakes and autograd on import
 
     def availability(self) -> tuple[bool, str]:
         try:
@@ -266,11 +267,6 @@ class TritonProxyBackend(_DispatcherBackend):
             importlib.import_module("lpc_fast.triton")
         except Exception as exc:  # a broken Triton install must not break import of lpc_fast
             return False, f"lpc_fast.triton failed to import: {exc}"
-        if not self._registered:
-            from .ops import register_dispatcher_ops
-
-            register_dispatcher_ops(self.prefix)  # fakes/autograd the Triton module did not register
-            self._registered = True
         if torch.cuda.is_available():
             return True, f"triton on {torch.cuda.get_device_name()}"
         if os.environ.get("TRITON_INTERPRET") == "1":
@@ -285,7 +281,10 @@ class TritonProxyBackend(_DispatcherBackend):
     def unsupported_reason(self, device: torch.device) -> str | None:
         reason = super().unsupported_reason(device)
         if reason is not None and device.type == "cpu":
-            return "triton runs on CPU tensors only under the interpreter: export TRITON_INTERPRET=1 before Python starts"
+            return (
+                "triton runs on CPU tensors only under the interpreter: "
+                "export TRITON_INTERPRET=1 before Python starts"
+            )
         return reason
 
 

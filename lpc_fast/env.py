@@ -29,8 +29,10 @@ def report() -> str:
         lines.append(f"gpu        {torch.cuda.get_device_name()}")
     else:
         lines.append("gpu        none visible")
-    lines.append(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} "
-                 f"LPC_FAST_BACKEND={os.environ.get('LPC_FAST_BACKEND', '')!s}")
+    lines.append(
+        f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} "
+        f"LPC_FAST_BACKEND={os.environ.get('LPC_FAST_BACKEND', '')!s}"
+    )
     lines.append("")
     lines.append(f"{'backend':<10} {'available':<10} reason")
     for row in lpc_fast.backends():

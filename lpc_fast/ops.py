@@ -320,7 +320,9 @@ def make_rng_state(
     _check_u64("seed", seed)
     _check_u64("offset", offset)
     _check_step(step)
-    return torch.tensor([rng.to_int64(seed), rng.to_int64(offset), int(step)], dtype=torch.int64, device=device)
+    return torch.tensor(
+        [rng.to_int64(seed), rng.to_int64(offset), int(step)], dtype=torch.int64, device=device
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,11 +380,18 @@ def _reference_bwd(
 
 
 def _fake_fwd(z, grad, v, *args):
-    return torch.empty_like(z), torch.empty_like(v)
+    # Kernels return fresh contiguous tensors: z_new in z's dtype, v_new float32.
+    return (
+        torch.empty(z.shape, dtype=z.dtype, device=z.device),
+        torch.empty(z.shape, dtype=torch.float32, device=z.device),
+    )
 
 
 def _fake_bwd(grad_z_new, grad_v_new, z, grad, v, *args):
-    return torch.empty_like(z), torch.empty_like(z)
+    return (
+        torch.empty(z.shape, dtype=z.dtype, device=z.device),
+        torch.empty(z.shape, dtype=z.dtype, device=z.device),
+    )
 
 
 def _fake_void(*args):

@@ -88,7 +88,9 @@ def test_beta_one_freezes_the_state_only_without_bias_correction():
 
 def test_explicit_backend_that_cannot_run_raises_with_reason(monkeypatch):
     monkeypatch.delenv("LPC_FAST_BACKEND", raising=False)
-    with pytest.raises(BackendUnavailableError, match=r"backend 'cuda' \(backend= argument\) cannot run on cpu"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"backend 'cuda' \(backend= argument\) cannot run on cpu"
+    ):
         select_backend("cpu", "cuda")
     z, g, v = _zgv()
     with pytest.raises(BackendUnavailableError, match="cuda"):
@@ -141,7 +143,11 @@ def test_availability_table_lists_every_backend_with_a_reason():
 
 def test_env_module_prints_versions_and_table():
     out = subprocess.run(
-        [sys.executable, "-m", "lpc_fast.env"], capture_output=True, text=True, check=True, env=dict(os.environ)
+        [sys.executable, "-m", "lpc_fast.env"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
     ).stdout
     assert "torch" in out and "reference" in out and "kernel backend:" in out
 

@@ -15,7 +15,11 @@ SCALARS = (0.05, 0.9, 1e-3, 0.7, True, True, True)  # step_size, beta, eps, temp
 
 def _op_names(backend: str) -> dict[str, str]:
     prefix = {"cpu": "", "cuda": "", "triton": "triton_", "reference": "reference_"}[backend]
-    return {"fwd": f"{prefix}langevin_fwd", "bwd": f"{prefix}langevin_bwd", "step_": f"{prefix}langevin_step_"}
+    return {
+        "fwd": f"{prefix}langevin_fwd",
+        "bwd": f"{prefix}langevin_bwd",
+        "step_": f"{prefix}langevin_step_",
+    }
 
 
 def test_reference_backward_formula_equals_autograd_of_the_forward():
@@ -50,8 +54,18 @@ def test_gradcheck_float64_at_fixed_seed_and_offset(backend, prior_grad, precond
 
     def f(z, g):
         z_new, _ = lpc_fast.langevin_step(
-            z, g, v, step=3, step_size=0.05, beta=0.9, temperature=0.7, prior_grad=prior_grad,
-            precondition=precondition, seed=11, offset=2**32 - 2, backend=backend,
+            z,
+            g,
+            v,
+            step=3,
+            step_size=0.05,
+            beta=0.9,
+            temperature=0.7,
+            prior_grad=prior_grad,
+            precondition=precondition,
+            seed=11,
+            offset=2**32 - 2,
+            backend=backend,
         )
         return z_new
 
@@ -132,7 +146,9 @@ def test_compiled_functional_step_is_differentiable(backend):
     z, g, v = _sample_args(torch.float32, requires_grad=True)
 
     def f(z, g, offset):
-        z_new, v_new = lpc_fast.langevin_step(z, g, v, step=2, step_size=0.05, seed=1, offset=offset, backend=backend)
+        z_new, v_new = lpc_fast.langevin_step(
+            z, g, v, step=2, step_size=0.05, seed=1, offset=offset, backend=backend
+        )
         return (z_new**2).sum() + v_new.sum()
 
     compiled = torch.compile(f, fullgraph=True)

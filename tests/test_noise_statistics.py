@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from conftest import cpu_backend_params
 
 import lpc_fast
@@ -27,7 +26,9 @@ def samples():
 
     def get(backend):
         if backend not in cache:
-            cache[backend] = lpc_fast.philox_normal(N, seed=20240601, offset=2**32 - 1000, backend=backend).double()
+            cache[backend] = lpc_fast.philox_normal(
+                N, seed=20240601, offset=2**32 - 1000, backend=backend
+            ).double()
         return cache[backend]
 
     return get

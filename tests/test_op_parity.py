@@ -24,7 +24,9 @@ def _inputs(shape, dtype, contiguous, seed=0):
     gen = torch.Generator().manual_seed(seed)
     z = make_layout(shape, dtype, contiguous, lambda s: torch.randn(s, generator=gen, dtype=torch.float64))
     g = make_layout(shape, dtype, contiguous, lambda s: torch.randn(s, generator=gen, dtype=torch.float64))
-    v = make_layout(shape, torch.float32, contiguous, lambda s: torch.rand(s, generator=gen, dtype=torch.float64))
+    v = make_layout(
+        shape, torch.float32, contiguous, lambda s: torch.rand(s, generator=gen, dtype=torch.float64)
+    )
     return z, g, v
 
 
@@ -71,8 +73,16 @@ def test_options_match_reference(backend, dtype, precondition, prior_grad):
     v_before = v.clone()
     z_exp, v_exp = _expected(z, g, v, precondition=precondition, prior_grad=prior_grad)
     lpc_fast.langevin_step_(
-        z, g, v, step=STEP, seed=SEED, offset=OFFSET, precondition=precondition, prior_grad=prior_grad,
-        backend=backend, **HYPER,
+        z,
+        g,
+        v,
+        step=STEP,
+        seed=SEED,
+        offset=OFFSET,
+        precondition=precondition,
+        prior_grad=prior_grad,
+        backend=backend,
+        **HYPER,
     )
     _close(z, z_exp.to(dtype), dtype, "z")
     if precondition:
@@ -100,7 +110,16 @@ def test_functional_forward_and_backward_match_reference(backend, dtype, shape, 
     gv = torch.randn(shape, generator=gen, dtype=torch.float64).float().double()
     noise = rng.philox_normal_reference(z.numel(), seed=SEED, offset=OFFSET).view(shape)
     want_z, want_g = reference.langevin_update_backward(
-        gz, gv, z.double(), g.double(), v.double(), noise, step=STEP, prior_grad=True, precondition=True, **HYPER
+        gz,
+        gv,
+        z.double(),
+        g.double(),
+        v.double(),
+        noise,
+        step=STEP,
+        prior_grad=True,
+        precondition=True,
+        **HYPER,
     )
     zr = z.detach().clone().requires_grad_(True)
     gr = g.detach().clone().requires_grad_(True)
@@ -123,7 +142,16 @@ def test_zero_temperature_isolates_the_drift(backend):
     p = 1.0 / (1e-3 + torch.sqrt(v_new / (1 - 0.9**STEP)))
     want = z - 0.05 * p * s
     lpc_fast.langevin_step_(
-        z, g, v, step=STEP, step_size=0.05, beta=0.9, eps=1e-3, temperature=0.0, seed=SEED, offset=OFFSET,
+        z,
+        g,
+        v,
+        step=STEP,
+        step_size=0.05,
+        beta=0.9,
+        eps=1e-3,
+        temperature=0.0,
+        seed=SEED,
+        offset=OFFSET,
         backend=backend,
     )
     torch.testing.assert_close(z, want, rtol=1e-12, atol=1e-12)
@@ -138,8 +166,18 @@ def test_zero_gradient_and_frozen_state_isolate_the_noise(backend, dtype):
     g = torch.zeros(n, dtype=dtype)
     v = torch.zeros(n, dtype=torch.float32)
     lpc_fast.langevin_step_(
-        z, g, v, step=1, step_size=1e-3, beta=1.0, bias_correction=False, eps=1e-3, temperature=1.0,
-        seed=SEED, offset=OFFSET, backend=backend,
+        z,
+        g,
+        v,
+        step=1,
+        step_size=1e-3,
+        beta=1.0,
+        bias_correction=False,
+        eps=1e-3,
+        temperature=1.0,
+        seed=SEED,
+        offset=OFFSET,
+        backend=backend,
     )
     assert torch.count_nonzero(v) == 0
     xi = rng.philox_normal_reference(n, seed=SEED, offset=OFFSET)
@@ -173,7 +211,9 @@ def test_empty_tensors_are_a_no_op(backend):
     z = torch.empty(0, 3)
     v = torch.empty(0, 3)
     lpc_fast.langevin_step_(z, z.clone(), v, step=1, step_size=0.1, seed=0, offset=0, backend=backend)
-    z_new, v_new = lpc_fast.langevin_step(z, z.clone(), v, step=1, step_size=0.1, seed=0, offset=0, backend=backend)
+    z_new, v_new = lpc_fast.langevin_step(
+        z, z.clone(), v, step=1, step_size=0.1, seed=0, offset=0, backend=backend
+    )
     assert z_new.shape == (0, 3) and v_new.shape == (0, 3)
 
 
@@ -186,7 +226,14 @@ def test_capturable_state_equals_explicit_arguments_and_advances(backend):
     for k in range(3):
         lpc_fast.langevin_step_(z1, g, v1, rng_state=state, backend=backend, **HYPER)
         lpc_fast.langevin_step_(
-            z2, g, v2, step=STEP + k, seed=SEED, offset=OFFSET + k * rng.offset_increment(n), backend=backend, **HYPER
+            z2,
+            g,
+            v2,
+            step=STEP + k,
+            seed=SEED,
+            offset=OFFSET + k * rng.offset_increment(n),
+            backend=backend,
+            **HYPER,
         )
     assert torch.equal(z1, z2) and torch.equal(v1, v2)
     assert state.tolist() == [SEED, OFFSET + 3 * rng.offset_increment(n), STEP + 3]

@@ -94,7 +94,9 @@ def test_normals_are_box_muller_of_lane_pairs():
     for row_u, row_z in zip(u.tolist(), z.tolist()):
         for a in (0, 2):
             u1 = max(row_u[a], float(torch.tensor(1e-7, dtype=torch.float32)))
-            th = float(torch.tensor(two_pi, dtype=torch.float32) * torch.tensor(row_u[a + 1], dtype=torch.float32))
+            th = float(
+                torch.tensor(two_pi, dtype=torch.float32) * torch.tensor(row_u[a + 1], dtype=torch.float32)
+            )
             r = math.sqrt(-2.0 * math.log(u1))
             assert row_z[a] == pytest.approx(r * math.cos(th), rel=1e-12, abs=1e-12)
             assert row_z[a + 1] == pytest.approx(r * math.sin(th), rel=1e-12, abs=1e-12)
