@@ -1,0 +1,345 @@
+"""Langevin predictive coding ("sample as you infer", LPC.md §3).
+
+Per minibatch x (this rank's shard):
+
+1. warm start ``z_0`` (prior sample, zeros, encoder sample or encoder mean);
+2. ``T`` Langevin moves ``z_0 -> z_1 ... z_T`` with :class:`lpc_fast.LangevinSampler`. Pass ``t`` (``t = 0
+   .. T``) runs the decoder forward/backward once at ``z_t``: the same backward gives ``∇_z E(z_t)``,
+   which drives move ``t+1`` (for ``t < T``), and, for kept samples, ``∇_θ E(z_t)`` accumulated into
+   the decoder's ``.grad``. That is ``T + 1`` passes for ``T`` moves.
+3. The decoder gradient is the average over the kept samples ``z_{B+1} ... z_T`` (burn-in ``B``; the
+   warm start ``z_0`` is never kept, the final sample ``z_T`` always is: ``T - B`` samples) and over the
+   batch; one Adam step on θ. The chain is detached: no gradient flows through the moves.
+4. With an encoder, the encoder objective with θ fixed, then one Adam step on φ:
+   forward KL ``-mean_t,i log q(z_t | x_i)`` over the same kept samples; reverse KL
+   ``mean_i [E(z; x_i) - H(q(.|x_i))]`` with ``z = mu + sigma * eps`` (reparameterised; the entropy
+   term in closed form, which has the same gradient expectation as ``log q(z|x)`` and less variance);
+   Jeffreys: their sum. The encoder is trained whenever the model has one, whatever the warm start,
+   since it is also the importance-sampling proposal at evaluation.
+
+``decoder_grad_evals_step`` counts decoder forward/backward passes per chain: ``T + 1``, plus one for
+the reverse-KL term when it is used (it differentiates the decoder's energy w.r.t. ``z``).
+``method="pc"`` runs the same algorithm at temperature 0 (no noise: gradient descent on the energy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lpc_fast.train.base import Trainer, _ThetaModule, gaussian_entropy, gaussian_log_prob
+from lpc_fast.train.config import ConfigError, TrainConfig
+from lpc_fast.train.distributed import RANK_OFFSET_STRIDE, DistContext
+
+__all__ = ["LPCTrainer", "encoder_objective", "make_sampler", "posterior_chain_fn", "run_langevin_chain"]
+
+
+def encoder_objective(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    samples: torch.Tensor | None,
+    eps: torch.Tensor | None,
+    objective: str,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The encoder loss of LPC.md §3.4 for one batch (θ is not excluded here: freeze it outside).
+
+    Parameters
+    ----------
+    model : LatentModel
+        Provides ``encode(x) -> (mu, log_sigma)`` and ``energy(z, x)``.
+    x : Tensor
+        Data ``[B, ...]``.
+    samples : Tensor or None
+        Detached chain samples ``[K, B, D]`` (needed by ``forward_kl`` and ``jeffreys``).
+    eps : Tensor or None
+        Standard normals ``[B, D]`` for the reparameterised sample (``reverse_kl`` and ``jeffreys``).
+    objective : {"forward_kl", "reverse_kl", "jeffreys"}
+
+    Returns
+    -------
+    (loss, parts)
+        The scalar loss and its terms as floats (``forward_kl``, ``reverse_kl``).
+    """
+    mu, log_sigma = model.encode(x)
+    loss = mu.new_zeros(())
+    parts: dict[str, float] = {}
+    if objective in ("forward_kl", "jeffreys"):
+        if samples is None:
+            raise ValueError("the forward KL needs chain samples")
+        lf = -gaussian_log_prob(samples, mu.unsqueeze(0), log_sigma.unsqueeze(0)).mean()
+        loss = loss + lf
+        parts["forward_kl"] = float(lf.detach())
+    if objective in ("reverse_kl", "jeffreys"):
+        if eps is None:
+            raise ValueError("the reverse KL needs reparameterisation noise")
+        z = mu + torch.exp(log_sigma) * eps
+        lr = (model.energy(z, x) - gaussian_entropy(log_sigma)).mean()
+        loss = loss + lr
+        parts["reverse_kl"] = float(lr.detach())
+    if not parts:
+        raise ValueError(f"unknown encoder objective {objective!r}")
+    return loss, parts
+
+
+def make_sampler(z: torch.Tensor, config: TrainConfig, *, seed: int, offset: int):
+    """A :class:`lpc_fast.LangevinSampler` over ``z`` with the chain settings of ``config``."""
+    from lpc_fast.sampler import LangevinSampler
+
+    return LangevinSampler(
+        [z],
+        step_size=config.langevin_step_size,
+        mode="preconditioned" if config.precondition else "ula",
+        beta=config.beta,
+        eps=config.eps,
+        temperature=config.chain_temperature,
+        bias_correction=config.bias_correction,
+        prior_grad=False,
+        seed=seed,
+        offset=offset,
+        backend=config.backend,
+        record_diagnostics=False,  # its per-step reductions cost time the trainer does not need
+    )
+
+
+def run_langevin_chain(
+    energy_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    z0: torch.Tensor,
+    config: TrainConfig,
+    sampler_factory: Callable[[torch.Tensor], Any],
+    *,
+    accumulate: bool = False,
+    sync_context: Callable[[bool], Any] | None = None,
+) -> dict[str, Any]:
+    """The chain of LPC.md §3.2-3.3: ``T + 1`` forward/backward passes at ``z_0 .. z_T``, ``T`` moves.
+
+    Pass ``t`` computes ``E(z_t; x)`` once; its backward gives ``∇_z E`` (the sampler's drive for move
+    ``t + 1``) and, for kept samples when ``accumulate`` is set, adds ``Σ_i ∇_θ E(z_t,i)`` to the
+    parameters' ``.grad``. Kept samples are ``t = B+1 .. T`` (``B = config.burn_in``).
+
+    Parameters
+    ----------
+    energy_fn : callable
+        ``(z, x) -> [b]`` energies.
+    x, z0 : Tensor
+        Data ``[b, ...]`` and the warm start ``[b, D]`` (not modified).
+    config : TrainConfig
+        Supplies T, burn-in and the sampler settings.
+    sampler_factory : callable
+        ``z -> LangevinSampler`` over the leaf tensor ``z`` (fixes the noise stream).
+    accumulate : bool
+        Accumulate the decoder gradient of kept samples into ``.grad``.
+    sync_context : callable, optional
+        ``last -> context manager`` wrapped around each pass (DDP's ``no_sync``).
+
+    Returns
+    -------
+    dict
+        ``samples`` ``[T - B, b, D]`` (kept, detached), ``z`` (final sample), ``energies``
+        (``[T + 1]`` float64 batch means at ``z_0 .. z_T``), ``kept`` (``T - B``), ``offset_end`` (the
+        sampler's noise counter after the last move).
+    """
+    steps, burn = config.chain_length, config.burn_in
+    z = z0.detach().clone().requires_grad_(True)
+    sampler = sampler_factory(z)
+    kept: list[torch.Tensor] = []
+    energies: list[torch.Tensor] = []  # kept on the device: no host sync inside the chain
+    for t in range(steps + 1):
+        keep = t > burn
+        last = t == steps
+        # enable_grad: the chain needs ∇_z E even when called under no_grad (sampling, evaluation).
+        with (
+            torch.enable_grad(),
+            sync_context(last) if sync_context is not None else contextlib.nullcontext(),
+        ):
+            energy = energy_fn(z, x)
+            total = energy.sum()
+            if keep and accumulate:
+                z.grad = None
+                total.backward()
+            else:
+                (z.grad,) = torch.autograd.grad(total, [z])
+        energies.append(energy.detach().mean())
+        if keep:
+            kept.append(z.detach().clone())
+        if not last:
+            sampler.step()
+    return {
+        "samples": torch.stack(kept),
+        "z": z.detach(),
+        "energies": torch.stack(energies).double().cpu(),
+        "kept": len(kept),
+        "offset_end": int(sampler.offset),
+    }
+
+
+def posterior_chain_fn(
+    model: torch.nn.Module, config: TrainConfig, *, seed: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``chain_fn(x) -> [T - B, b, D]``: the training's Langevin chain, run on a batch ``x``.
+
+    For encoder-free models, whose importance-sampling proposal is fitted to such a chain
+    (:func:`lpc_fast.eval.evaluate_model`). Chains start from the prior (a CPU generator seeded with
+    ``seed``) and draw Langevin noise from ``(seed, offset)`` with the offset advancing across calls,
+    so successive batches never share noise and the result does not depend on the device.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    position = {"offset": 0}
+
+    def chain_fn(x: torch.Tensor) -> torch.Tensor:
+        z0 = torch.randn(x.shape[0], model.latent_dim, generator=gen).to(x.device)
+        start = position["offset"]
+        chain = run_langevin_chain(
+            model.energy, x, z0, config, lambda z: make_sampler(z, config, seed=seed, offset=start)
+        )
+        position["offset"] = chain["offset_end"]
+        return chain["samples"]
+
+    return chain_fn
+
+
+class _EncoderObjective(torch.nn.Module):
+    """The encoder loss as a module over the encoder's parameters only (the unit DDP reduces for φ)."""
+
+    def __init__(self, model: torch.nn.Module, objective: str) -> None:
+        super().__init__()
+        self.__dict__["_model"] = model
+        self.encoder = model.encoder
+        self.objective = objective
+
+    def forward(self, x, samples, eps):  # noqa: D102 - see encoder_objective
+        loss, parts = encoder_objective(self._model, x, samples, eps, self.objective)
+        return loss, parts
+
+
+class LPCTrainer(Trainer):
+    """LPC (or, with ``method="pc"``, deterministic predictive coding) on one model.
+
+    See the module docstring for the exact algorithm. Langevin noise: seed ``config.seed``, counter
+    offset ``rank * RANK_OFFSET_STRIDE + noise_offset``; ``noise_offset`` continues where the previous
+    minibatch's sampler stopped (``T * ceil(numel / 4)`` counters per minibatch), so no noise is ever
+    reused and a restored trainer draws exactly the noise the uninterrupted one would. The
+    preconditioner state ``v`` restarts at zero for each minibatch (LPC.md §2), so this position is
+    the sampler's whole state between minibatches.
+    """
+
+    method = "lpc"
+
+    def __init__(
+        self, config: TrainConfig, data: Any, *, model=None, dist: DistContext | None = None
+    ) -> None:
+        super().__init__(config, data, model=model, dist=dist)
+        self.method = config.method if config.method in ("lpc", "pc") else "lpc"
+        if config.method == "vae":
+            raise ConfigError("method", "LPCTrainer runs 'lpc' or 'pc'; use VAETrainer for 'vae'")
+        if config.uses_encoder_warm_start and self.encoder is None:
+            raise ConfigError(
+                "warm_start",
+                f"{config.warm_start!r} needs a model with an encoder (set --model-use-encoder) "
+                "or use 'prior' or 'zeros'",
+            )
+        self.noise_offset = 0
+        self._energy = self._ddp(_ThetaModule(self.model))
+        self._enc_loss = (
+            self._ddp(_EncoderObjective(self.model, config.encoder_objective))
+            if self.encoder is not None
+            else None
+        )
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def warm_start(self, x: torch.Tensor) -> torch.Tensor:
+        """``z_0`` for this rank's batch ``x`` (detached)."""
+        mode = self.config.warm_start
+        b, d = x.shape[0], self.latent_dim
+        if mode == "zeros":
+            return torch.zeros(b, d, device=self.device)
+        if mode == "prior":
+            return self.global_normal(d)
+        with torch.no_grad():
+            mu, log_sigma = self.model.encode(x)
+            if mode == "encoder_mean":
+                return mu.detach().clone()
+            return (mu + torch.exp(log_sigma) * self.global_normal(d)).detach()
+
+    def _make_sampler(self, z: torch.Tensor):
+        offset = self.dist.rank * RANK_OFFSET_STRIDE + self.noise_offset
+        return make_sampler(z, self.config, seed=self.config.seed, offset=offset)
+
+    def run_chain(self, x: torch.Tensor, z0: torch.Tensor, *, accumulate: bool = True) -> dict[str, Any]:
+        """Run the ``T`` moves from ``z0``, accumulating ``Σ_t ∇_θ E(z_t)`` into ``.grad`` if asked.
+
+        Returns the dict of :func:`run_langevin_chain`; advances this trainer's noise position.
+        """
+        energy = self._energy
+
+        def sync_context(last: bool):
+            # Gradients of every pass but the last stay local; DDP all-reduces their sum once.
+            if self.dist.enabled and not last and hasattr(energy, "no_sync"):
+                return energy.no_sync()
+            return contextlib.nullcontext()
+
+        sampler = self._make_sampler
+        chain = run_langevin_chain(
+            energy, x, z0, self.config, sampler, accumulate=accumulate, sync_context=sync_context
+        )
+        self.noise_offset = chain["offset_end"] - self.dist.rank * RANK_OFFSET_STRIDE
+        return chain
+
+    # -- one optimizer step ------------------------------------------------------------------------------
+    def _step(self, x: torch.Tensor) -> tuple[dict[str, float], int]:
+        cfg = self.config
+        self.opt_theta.zero_grad(set_to_none=True)
+        z0 = self.warm_start(x)
+        chain = self.run_chain(x, z0)
+        # Each backward added Σ_i ∇_θ E(z_t,i); average over kept samples and the batch (DDP has
+        # already averaged the per-rank sums over ranks, so this gives the global-batch mean).
+        scale = 1.0 / (chain["kept"] * x.shape[0])
+        for p in self.theta_params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        self.opt_theta.step()
+        evals = cfg.chain_length + 1
+        energies = chain["energies"]
+        metrics = {
+            "loss": float(energies[cfg.burn_in + 1 :].mean()),
+            "energy_start": float(energies[0]),
+            "energy_end": float(energies[-1]),
+        }
+        if self._enc_loss is not None:
+            metrics.update(self._encoder_step(x, chain["samples"]))
+            if cfg.encoder_objective in ("reverse_kl", "jeffreys"):
+                evals += 1
+        return metrics, evals
+
+    def _encoder_step(self, x: torch.Tensor, samples: torch.Tensor) -> dict[str, float]:
+        objective = self.config.encoder_objective
+        eps = self.global_normal(self.latent_dim) if objective in ("reverse_kl", "jeffreys") else None
+        self.opt_phi.zero_grad(set_to_none=True)
+        # θ is held fixed: no decoder gradient is even computed for the reverse-KL term.
+        flags = [p.requires_grad for p in self.theta_params]
+        for p in self.theta_params:
+            p.requires_grad_(False)
+        try:
+            loss, parts = self._enc_loss(x, samples, eps)
+            loss.backward()
+        finally:
+            for p, f in zip(self.theta_params, flags):
+                p.requires_grad_(f)
+        self.opt_phi.step()
+        out = {"encoder_loss": float(loss.detach())}
+        out.update({f"encoder_{k}": v for k, v in parts.items()})
+        return out
+
+    # -- state -------------------------------------------------------------------------------------------
+    def _sampler_state(self) -> dict[str, Any]:
+        # Between minibatches the chains hold no state (v restarts at 0 per batch): only the position
+        # of rank 0's noise stream, relative to the rank's base offset, is needed.
+        return {"noise_offset": self.noise_offset, "rank_offset_stride": RANK_OFFSET_STRIDE}
+
+    def _load_sampler_state(self, state: dict[str, Any] | None) -> None:
+        if state is None or int(state.get("rank_offset_stride", RANK_OFFSET_STRIDE)) != RANK_OFFSET_STRIDE:
+            raise ValueError("checkpoint has no compatible Langevin noise position")
+        self.noise_offset = int(state["noise_offset"])
