@@ -1,0 +1,90 @@
+// Python module lpc_fast._C and the lpc_fast dispatcher library: op schemas (docs/ARCHITECTURE.md)
+// and their CPU kernels. CUDA kernels register themselves in csrc/cuda when built.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace lpc_fast {
+namespace cpu {
+// Defined in langevin_cpu.cpp. Seeds and offsets are int64 carrying uint64 bits.
+void langevin_step_(at::Tensor z, const at::Tensor& grad, at::Tensor v, int64_t step,
+                    double step_size, double beta, double eps, double temperature,
+                    bool bias_correction, bool precondition, bool prior_grad, int64_t seed,
+                    int64_t offset);
+void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at::Tensor state,
+                          double step_size, double beta, double eps, double temperature,
+                          bool bias_correction, bool precondition, bool prior_grad);
+std::tuple<at::Tensor, at::Tensor> langevin_fwd(const at::Tensor& z, const at::Tensor& grad,
+                                                const at::Tensor& v, int64_t step, double step_size,
+                                                double beta, double eps, double temperature,
+                                                bool bias_correction, bool precondition,
+                                                bool prior_grad, int64_t seed, int64_t offset);
+std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
+                                                const std::optional<at::Tensor>& grad_v_new,
+                                                const at::Tensor& z, const at::Tensor& grad,
+                                                const at::Tensor& v, int64_t step, double step_size,
+                                                double beta, double eps, double temperature,
+                                                bool bias_correction, bool precondition,
+                                                bool prior_grad, int64_t seed, int64_t offset);
+void philox_normal_(at::Tensor out, int64_t seed, int64_t offset);
+void philox_uint32_(at::Tensor out, int64_t seed, int64_t offset);
+std::string simd_level();
+std::string detected_simd_level();
+std::string set_simd_level(const std::string& name);
+}  // namespace cpu
+}  // namespace lpc_fast
+
+namespace {
+bool with_cuda() {
+#ifdef LPC_FAST_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lpc_fast C++ kernels (the ops live in torch.ops.lpc_fast)";
+  m.def("simd_level", &lpc_fast::cpu::simd_level,
+        "Instruction set the CPU kernels run with: 'avx512', 'avx2' or 'baseline'.");
+  m.def("cpu_capabilities", &lpc_fast::cpu::detected_simd_level,
+        "Best instruction set this CPU supports among the compiled variants.");
+  m.def("set_simd_level", &lpc_fast::cpu::set_simd_level, py::arg("level"),
+        "Run the CPU kernels with a lower instruction set (testing); returns the previous one.");
+  m.def("with_cuda", &with_cuda, "Whether CUDA kernels were compiled into this build.");
+}
+
+TORCH_LIBRARY(lpc_fast, m) {
+  m.def(
+      "langevin_step_(Tensor(a!) z, Tensor grad, Tensor(b!) v, SymInt step, float step_size, "
+      "float beta, float eps, float temperature, bool bias_correction, bool precondition, "
+      "bool prior_grad, SymInt seed, SymInt offset) -> ()");
+  m.def(
+      "langevin_step_state_(Tensor(a!) z, Tensor grad, Tensor(b!) v, Tensor(c!) state, "
+      "float step_size, float beta, float eps, float temperature, bool bias_correction, "
+      "bool precondition, bool prior_grad) -> ()");
+  m.def(
+      "langevin_fwd(Tensor z, Tensor grad, Tensor v, SymInt step, float step_size, float beta, "
+      "float eps, float temperature, bool bias_correction, bool precondition, bool prior_grad, "
+      "SymInt seed, SymInt offset) -> (Tensor z_new, Tensor v_new)");
+  m.def(
+      "langevin_bwd(Tensor grad_z_new, Tensor? grad_v_new, Tensor z, Tensor grad, Tensor v, "
+      "SymInt step, float step_size, float beta, float eps, float temperature, "
+      "bool bias_correction, bool precondition, bool prior_grad, SymInt seed, SymInt offset) "
+      "-> (Tensor grad_z, Tensor grad_grad)");
+  m.def("philox_normal_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
+  m.def("philox_uint32_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(lpc_fast, CPU, m) {
+  m.impl("langevin_step_", &lpc_fast::cpu::langevin_step_);
+  m.impl("langevin_step_state_", &lpc_fast::cpu::langevin_step_state_);
+  m.impl("langevin_fwd", &lpc_fast::cpu::langevin_fwd);
+  m.impl("langevin_bwd", &lpc_fast::cpu::langevin_bwd);
+  m.impl("philox_normal_", &lpc_fast::cpu::philox_normal_);
+  m.impl("philox_uint32_", &lpc_fast::cpu::philox_uint32_);
+}
