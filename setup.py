@@ -61,10 +61,11 @@ def _extension():
     with_cuda, why = _cuda_decision()
     print(f"lpc_fast setup: CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-math-errno"]
+    # No -std flag: torch's cpp_extension picks the standard its headers need.
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno"]
     link_flags = ["-fopenmp"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    define_macros = [("Py_LIMITED_API", None)] if False else []
+    define_macros = []
     if with_cuda:
         # pip's nvidia-* wheels keep CUDA library headers (cusparse.h, ...) under site-packages.
         for site in sys.path:
@@ -75,7 +76,6 @@ def _extension():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         nvcc_flags = [
             "-O3",
-            "-std=c++17",
             "-gencode=arch=compute_80,code=sm_80",
             "-gencode=arch=compute_90,code=sm_90",
             "-gencode=arch=compute_90,code=compute_90",
