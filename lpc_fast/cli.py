@@ -11,7 +11,13 @@ Subcommands::
     lpc-fast reproduce [...]        (lpc_fast.eval.reproduce: the paper's comparisons)
 
 Option precedence: defaults < ``--config`` file < explicit options; with ``--resume`` the checkpoint's
-config replaces the defaults. Invalid input prints one line naming the option and exits with status 2.
+config replaces the defaults.
+
+Exit status: 0 success; 2 invalid input (one line on stderr naming the option, file or dataset: bad
+options, config files, datasets, checkpoints, unavailable backends or devices, unwritable paths);
+3 training diverged (the batch energy exploded; the last good state is checkpointed); 4 a non-finite
+energy or gradient under ``--nonfinite-policy raise`` (last good state checkpointed); 130 interrupted
+by SIGINT/SIGTERM (checkpoint written, continue with ``--resume``).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import dataclasses
 import json
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-__all__ = ["main", "build_parser", "DEMO_STEPS", "config_from_args"]
+__all__ = ["main", "build_parser", "DEMO_STEPS", "EXIT_DIVERGED", "EXIT_NONFINITE", "config_from_args"]
 
 #: Steps of ``lpc-fast demo``: enough for digit-like samples on 2 CPU cores in a few minutes.
 DEMO_STEPS = 3000
@@ -33,6 +40,10 @@ DEMO_STEPS = 3000
 DEMO_OUT = "runs/demo"
 _MODEL_PREFIX = "model-"
 _EXIT_USAGE = 2
+#: Exit status of a run stopped by the divergence guard.
+EXIT_DIVERGED = 3
+#: Exit status of a run stopped by a non-finite chain under ``--nonfinite-policy raise``.
+EXIT_NONFINITE = 4
 
 
 class UsageError(Exception):
@@ -269,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     """Resolve the TrainConfig of ``lpc-fast train``: defaults < checkpoint (resume) < file < options."""
     from lpc_fast.train.checkpoint import load_latest
-    from lpc_fast.train.config import TrainConfig
+    from lpc_fast.train.config import ConfigError, TrainConfig
 
     explicit_train = {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__")}
     explicit_model = {k[7:]: v for k, v in vars(args).items() if k.startswith("model__")}
@@ -285,11 +296,18 @@ def config_from_args(args: argparse.Namespace):
             raise UsageError(f"--config: {args.config_file} is not valid JSON: {exc}") from None
         if not isinstance(file_cfg, dict):
             raise UsageError(f"--config: {args.config_file} must hold a JSON object of settings")
-        TrainConfig.from_dict(file_cfg)  # names an unknown or mistyped key before anything runs
+        try:  # names an unknown or mistyped key, and the file, before anything runs
+            TrainConfig.from_dict(file_cfg)
+        except ConfigError as exc:
+            key = exc.option
+            detail = str(exc).split(": ", 1)[-1]
+            raise UsageError(f"--config: {args.config_file}: key {key!r}: {detail}") from None
     base = TrainConfig().to_dict()
     if args.resume:
         out = explicit_train.get("out", file_cfg.get("out", base["out"]))
-        found = load_latest(out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # run_training reports a corrupt checkpoint once
+            found = load_latest(out)
         if found is not None:
             base = dict(found[0]["config"])
     merged = dict(base)
@@ -445,12 +463,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lpc_fast.data import DatasetError
     from lpc_fast.train.checkpoint import CheckpointError
     from lpc_fast.train.config import ConfigError
+    from lpc_fast.train.faults import DivergenceError, NonFiniteError
+
+    def fail(exc: BaseException, code: int) -> int:
+        print(f"lpc-fast {args.command}: error: {exc}", file=sys.stderr)
+        return code
 
     try:
         return _COMMANDS[args.command](args)
     except (UsageError, ConfigError, DatasetError, CheckpointError, BackendUnavailableError) as exc:
-        print(f"lpc-fast {args.command}: error: {exc}", file=sys.stderr)
-        return _EXIT_USAGE
+        return fail(exc, _EXIT_USAGE)
+    except DivergenceError as exc:
+        return fail(exc, EXIT_DIVERGED)
+    except NonFiniteError as exc:
+        return fail(exc, EXIT_NONFINITE)
+    except OSError as exc:  # an unwritable --out, a full disk...: the path and the reason, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        return fail(f"{where}{exc.strerror or exc}", _EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"lpc-fast {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -97,7 +97,10 @@ def _check_hyper(step_size, beta, eps, temperature, bias_correction, preconditio
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     if not 0 <= beta <= 1:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+        raise ValueError(
+            f"beta must be in [0, 1) (or exactly 1, a frozen preconditioner, with bias_correction=False), "
+            f"got {beta}"
+        )
     if beta == 1 and bias_correction:
         raise ValueError(
             "beta must be in [0, 1) with bias_correction=True (1 - beta**step would be 0); "

@@ -54,6 +54,8 @@ import torch
 import lpc_fast
 
 from . import rng
+from .dispatch import BACKEND_NAMES, select_backend
+from .ops import _check_hyper
 
 __all__ = ["MODES", "LangevinSampler", "SamplerDiagnostics"]
 
@@ -184,6 +186,41 @@ def _check_u64(name: str, value: int) -> int:
     return value
 
 
+_LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_number(name: str, value: Any, ok: Callable[[float], bool], expected: str) -> None:
+    """One error naming the argument and the expected range (bools and non-finite values rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number {expected}, got {type(value).__name__}")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Validate the scalar constructor arguments of :class:`LangevinSampler` (not the latents)."""
+    mode = options["mode"]
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    for name in ("adapt_step_size", "bias_correction", "prior_grad", "record_diagnostics"):
+        if not isinstance(options[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(options[name]).__name__}")
+    for name in ("adaptation_window", "max_history"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    freeze = options["freeze_preconditioner_after"]
+    if freeze is not None and (isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < 0):
+        raise ValueError(f"freeze_preconditioner_after must be None or an int >= 0, got {freeze!r}")
+    _check_number("target_accept", options["target_accept"], lambda v: 0.0 < v < 1.0, "in (0, 1)")
+    _check_number("dual_averaging_gamma", options["dual_averaging_gamma"], lambda v: v > 0, "> 0")
+    _check_number("dual_averaging_t0", options["dual_averaging_t0"], lambda v: v >= 0, ">= 0")
+    _check_number("dual_averaging_kappa", options["dual_averaging_kappa"], lambda v: 0 < v <= 1, "in (0, 1]")
+    backend = options["backend"]
+    if backend is not None and backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be None or one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
+
+
 class LangevinSampler:
     """Langevin sampler over latent tensors, used like a ``torch.optim.Optimizer``.
 
@@ -253,11 +290,24 @@ class LangevinSampler:
         dual_averaging_kappa: float = 0.75,
         record_diagnostics: bool = True,
         max_history: int = 10_000,
+        **unknown: Any,
     ):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not 0.0 < target_accept < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+        if unknown:
+            import difflib
+            import inspect
+
+            known = [
+                p
+                for p in inspect.signature(LangevinSampler.__init__).parameters
+                if p not in ("self", "unknown")
+            ]
+            name = sorted(unknown)[0]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
+            raise TypeError(f"LangevinSampler got an unknown argument {name!r}{hint}")
+        _check_options(
+            {k: v for k, v in locals().items() if k not in ("self", "latents", "unknown", "__class__")}
+        )
         if adapt_step_size and mode != "mala":
             raise ValueError("adapt_step_size needs acceptance rates: use mode='mala'")
         if freeze_preconditioner_after is not None and freeze_preconditioner_after < 0:
@@ -276,12 +326,21 @@ class LangevinSampler:
         self.param_groups: list[dict[str, Any]] = []
         if isinstance(latents, torch.Tensor):
             latents = [latents]
-        items = list(latents)
+        try:
+            items = list(latents)
+        except TypeError:
+            raise TypeError(
+                "latents must be a tensor, an iterable of tensors or an iterable of parameter-group dicts, "
+                f"got {type(latents).__name__}"
+            ) from None
         if not items:
             raise ValueError("LangevinSampler got an empty list of latents")
+        if any(isinstance(it, dict) for it in items) and not all(isinstance(it, dict) for it in items):
+            raise TypeError("latents must be all tensors or all parameter-group dicts, not a mix")
         groups = items if isinstance(items[0], dict) else [{"params": items}]
         for group in groups:
             self._add_group(group)
+        self._check_latents(backend)
         self.seed = _check_u64("seed", seed)
         self.offset = _check_u64("offset", offset)
         self.backend = backend
@@ -303,6 +362,8 @@ class LangevinSampler:
     # ------------------------------------------------------------------ groups and bookkeeping
 
     def _add_group(self, group: dict[str, Any]) -> None:
+        if "params" not in group:
+            raise ValueError(f"parameter group {len(self.param_groups)} has no 'params' entry")
         params = group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         unknown = set(group) - {"params", *_GROUP_KEYS}
@@ -312,18 +373,42 @@ class LangevinSampler:
         for z in params:
             if not isinstance(z, torch.Tensor):
                 raise TypeError(f"latents must be tensors, got {type(z).__name__}")
-            if not z.is_floating_point():
-                raise TypeError(f"latents must be floating point, got {z.dtype}")
-        if not full["step_size"] > 0:
-            raise ValueError(f"step_size must be > 0, got {full['step_size']}")
-        if full["temperature"] < 0:
-            raise ValueError(f"temperature must be >= 0, got {full['temperature']}")
+            if z.dtype not in _LATENT_DTYPES:
+                raise TypeError(
+                    f"latents must have dtype float16, bfloat16, float32 or float64, got {z.dtype}"
+                )
+            if z.requires_grad and not z.is_leaf:
+                raise ValueError(
+                    "latents must be leaf tensors (their .grad is what the step uses): "
+                    "pass z.detach().requires_grad_() instead of a computed tensor"
+                )
+        # The fused op's own checks, run once here so a bad value fails at construction, not mid-chain.
+        _check_hyper(
+            full["step_size"],
+            full["beta"],
+            full["eps"],
+            full["temperature"],
+            full["bias_correction"],
+            self.mode != "ula",
+            full["prior_grad"],
+        )
         if self.mode == "mala" and not full["temperature"] > 0:
             raise ValueError("MALA needs temperature > 0 (temperature 0 is deterministic descent)")
         self.param_groups.append(full)
 
     def _latents(self) -> list[tuple[dict[str, Any], torch.Tensor]]:
         return [(group, z) for group in self.param_groups for z in group["params"]]
+
+    def _check_latents(self, backend: str | None) -> None:
+        lat = [z for _, z in self._latents()]
+        if len({id(z) for z in lat}) != len(lat):
+            raise ValueError("a latent tensor appears more than once (it would move twice per step)")
+        devices = {z.device for z in lat}
+        if self.mode == "mala" and len(devices) > 1:
+            raise ValueError(f"MALA needs every latent on one device, got {sorted(map(str, devices))}")
+        if backend is not None:
+            for device in devices:  # the reason now, not at the first step
+                select_backend(device, backend)
 
     def _take(self, n: int) -> int:
         """Reserve the counters of ``n`` noise values; return the offset to use."""

@@ -22,6 +22,7 @@ from lpc_fast.train.base import Trainer
 from lpc_fast.train.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
 from lpc_fast.train.config import DEFAULT_T_ENCODER, DEFAULT_T_PRIOR, ConfigError, TrainConfig
 from lpc_fast.train.distributed import DistContext
+from lpc_fast.train.faults import DivergenceError, NonFiniteError, TrainingFault
 from lpc_fast.train.lpc import LPCTrainer
 from lpc_fast.train.vae import VAETrainer
 
@@ -31,9 +32,12 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DistContext",
+    "DivergenceError",
     "LPCTrainer",
+    "NonFiniteError",
     "TrainConfig",
     "Trainer",
+    "TrainingFault",
     "VAETrainer",
     "load_checkpoint",
     "load_latest",

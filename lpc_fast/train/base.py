@@ -20,6 +20,7 @@ from torch import nn
 from lpc_fast.train.batches import BatchOrder
 from lpc_fast.train.config import ConfigError, TrainConfig
 from lpc_fast.train.distributed import DistContext
+from lpc_fast.train.faults import DivergenceGuard, TrainingFault
 
 __all__ = ["Trainer", "resolve_device", "gaussian_log_prob", "gaussian_entropy", "STATE_FORMAT"]
 
@@ -33,12 +34,18 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def resolve_device(name: str | None, dist: DistContext | None = None) -> torch.device:
-    """``None`` -> the local rank's GPU if CUDA is available, else CPU."""
+    """``None`` -> the local rank's GPU if CUDA is available, else CPU; a named device must be usable."""
     if name is not None:
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as exc:
             raise ConfigError("device", f"not a torch device: {name!r} ({exc})") from None
+        try:  # fail here with the reason, not later inside the first .to(device)
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("device", f"{name!r} cannot be used here: {reason}") from None
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", dist.local_rank if dist is not None else 0)
     return torch.device("cpu")
@@ -139,6 +146,9 @@ class Trainer:
         self.step = 0
         self.decoder_grad_evals = 0
         self.elapsed = 0.0
+        self.guard = DivergenceGuard(config.divergence_factor, config.divergence_window)
+        #: Chains dropped or restarted by ``nonfinite_policy`` so far.
+        self.nonfinite_chains = 0
 
     # -- construction helpers -----------------------------------------------------------------------
     def _build_model(self, data: Any) -> nn.Module:
@@ -186,11 +196,21 @@ class Trainer:
         ``seconds`` (this step's wall clock), ``elapsed`` (cumulative wall clock, resumed runs included).
         """
         self.model.train()
+        # What a step advances before its optimizer steps (model and optimizers change only after the
+        # numerical checks pass): a few integers and one generator state, so rewinding after a fault
+        # is free and leaves the trainer exactly in its last good state.
+        rewind = (self.order.state_dict(), self.noise_gen.get_state(), self._sampler_state())
         x = self.next_batch()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
-        metrics, evals = self._step(x)
+        try:
+            metrics, evals = self._step(x)
+        except TrainingFault:
+            self.order.load_state_dict(rewind[0])
+            self.noise_gen.set_state(rewind[1])
+            self._load_sampler_state(rewind[2])
+            raise
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -198,6 +218,9 @@ class Trainer:
         self.decoder_grad_evals += evals
         self.elapsed += seconds
         metrics = self.dist.mean(metrics, self.device)
+        if "nonfinite_chains" in metrics:  # a count: the sum over processes, not their mean
+            metrics["nonfinite_chains"] = round(metrics["nonfinite_chains"] * self.dist.world_size)
+            self.nonfinite_chains += metrics["nonfinite_chains"]
         metrics.update(
             step=self.step,
             epoch=self.order.epoch,
@@ -210,6 +233,16 @@ class Trainer:
 
     def _step(self, x: torch.Tensor) -> tuple[dict[str, float], int]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check_divergence(self, energy: torch.Tensor | float, step_size: float | None = None) -> None:
+        """Divergence guard on this step's batch energy; call it before any optimizer step.
+
+        Under DDP the ranks' values are averaged first, so every rank takes the same decision.
+        """
+        value = float(energy)
+        if self.dist.enabled:
+            value = self.dist.mean({"e": value}, self.device)["e"]
+        self.guard.check(value, step=self.step + 1, step_size=step_size)
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -228,6 +261,8 @@ class Trainer:
             "sampler": self._sampler_state(),
             "decoder_grad_evals": self.decoder_grad_evals,
             "elapsed": self.elapsed,
+            "guard": self.guard.state_dict(),
+            "nonfinite_chains": self.nonfinite_chains,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -251,6 +286,9 @@ class Trainer:
         self.step = int(state["step"])
         self.decoder_grad_evals = int(state["decoder_grad_evals"])
         self.elapsed = float(state["elapsed"])
+        # Absent from checkpoints written before the guard existed.
+        self.guard.load_state_dict(state.get("guard"))
+        self.nonfinite_chains = int(state.get("nonfinite_chains", 0))
 
     def _sampler_state(self) -> dict[str, Any] | None:
         return None

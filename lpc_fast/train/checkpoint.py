@@ -13,6 +13,13 @@ flushed and ``fsync``-ed; the current ``checkpoint.pt`` is renamed to ``checkpoi
 temporary file is renamed to ``checkpoint.pt``; the directory is ``fsync``-ed. Each rename is atomic,
 so at every instant at least one complete checkpoint exists under one of the two names (a crash
 between the renames leaves only ``checkpoint.prev.pt``, which :func:`load_latest` falls back to).
+Temporary files left by a killed writer are removed by the next write.
+
+Testing hook: with ``LPC_FAST_CHECKPOINT_TEST_PAUSE=SECONDS`` (or ``PHASE:SECONDS`` for one phase only)
+in the environment, the writer prints
+``checkpoint-pause: temp-written`` (after the temporary file is durable) and
+``checkpoint-pause: between-renames`` (after ``checkpoint.pt`` became ``checkpoint.prev.pt``) to stderr
+and sleeps that long after each, so a test can kill it inside either window.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,19 @@ CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint.prev.pt"
 _MAGIC = b"LPCFAST-CKPT\n"
 _DIGEST_LEN = 64
+_TMP_PREFIX = ".checkpoint-"
+_PAUSE_ENV = "LPC_FAST_CHECKPOINT_TEST_PAUSE"
+
+
+def _test_pause(phase: str) -> None:
+    spec = os.environ.get(_PAUSE_ENV)
+    if not spec:
+        return
+    only, _, seconds = spec.rpartition(":")
+    if only and only != phase:
+        return
+    print(f"checkpoint-pause: {phase}", file=sys.stderr, flush=True)
+    time.sleep(float(seconds))
 
 
 class CheckpointError(RuntimeError):
@@ -100,15 +122,19 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike[str]) ->
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = encode_checkpoint(state)
-    fd, tmp_name = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    for stale in directory.glob(_TMP_PREFIX + "*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _test_pause("temp-written")
         current = directory / CHECKPOINT_NAME
         if current.exists():
             os.replace(current, directory / PREVIOUS_NAME)
+            _test_pause("between-renames")
         os.replace(tmp_name, current)
     except BaseException:
         if os.path.exists(tmp_name):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ DEFAULT_T_PRIOR = 300
 Method = Literal["lpc", "vae", "pc"]
 WarmStart = Literal["prior", "zeros", "encoder", "encoder_mean"]
 EncoderObjective = Literal["forward_kl", "reverse_kl", "jeffreys"]
+NonfinitePolicy = Literal["raise", "skip", "reset"]
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,19 @@ class TrainConfig:
         Kernel backend of the Langevin step (``None``: automatic).
     png_samples : int
         Images in the sample / reconstruction grids.
+    nonfinite_policy : {"raise", "skip", "reset"}
+        What a chain whose energy or ``∇_z E`` turns non-finite does: ``raise`` stops the step with an
+        error naming the training step, the inner Langevin step, the chains and the count of
+        non-finite values; ``skip`` drops those chains from the step's decoder gradient and encoder
+        objective; ``reset`` restarts them from their warm start (the non-finite samples are left
+        out). ``skip``/``reset`` count the chains in the metric ``nonfinite_chains``.
+    divergence_factor : float or None
+        Stop training (after checkpointing the last good state) when a step's batch energy is
+        non-finite or exceeds its running median ``m`` by more than ``divergence_factor * max(|m|, 1)``;
+        ``None`` (``none`` on the command line) turns the median test off; non-finite energies
+        still stop the run.
+    divergence_window : int
+        Steps in the running median of the divergence guard.
     model : ModelConfig
         Architecture, latent size and likelihood.
     """
@@ -130,6 +145,9 @@ class TrainConfig:
     encoder_objective: EncoderObjective = "jeffreys"
     backend: str | None = None
     png_samples: int = 64
+    nonfinite_policy: NonfinitePolicy = "raise"
+    divergence_factor: float | None = 10.0
+    divergence_window: int = 50
     model: ModelConfig = field(default_factory=ModelConfig)
 
     # -- derived values -------------------------------------------------------------------------
@@ -170,16 +188,24 @@ class TrainConfig:
         if self.png_samples < 1:
             raise ConfigError("png_samples", f"expected a positive integer, got {self.png_samples}")
         for name in ("lr", "langevin_step_size"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(name, f"expected a positive number, got {getattr(self, name)}")
-        if self.encoder_lr is not None and not self.encoder_lr > 0:
-            raise ConfigError("encoder_lr", f"expected a positive number, got {self.encoder_lr}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"expected a finite positive number, got {value}")
+        if self.encoder_lr is not None and not (math.isfinite(self.encoder_lr) and self.encoder_lr > 0):
+            raise ConfigError("encoder_lr", f"expected a finite positive number, got {self.encoder_lr}")
+        # The kernel's own constraints, checked here so a bad value fails before any training.
         if not 0.0 <= self.beta <= 1.0:
-            raise ConfigError("beta", f"expected a value in [0, 1], got {self.beta}")
-        if not self.eps >= 0:
-            raise ConfigError("eps", f"expected a value >= 0, got {self.eps}")
-        if not self.temperature >= 0:
-            raise ConfigError("temperature", f"expected a value >= 0, got {self.temperature}")
+            raise ConfigError(
+                "beta", f"expected a value in [0, 1] (1 only without bias correction), got {self.beta}"
+            )
+        if self.beta == 1.0 and self.bias_correction:
+            raise ConfigError(
+                "beta", "beta = 1 (a frozen preconditioner) needs --no-bias-correction (1 - beta**t is 0)"
+            )
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError("eps", f"expected a finite value > 0, got {self.eps}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError("temperature", f"expected a finite value >= 0, got {self.temperature}")
         if self.num_langevin_steps is not None and self.num_langevin_steps < 1:
             raise ConfigError(
                 "num_langevin_steps", f"expected a positive integer, got {self.num_langevin_steps}"
@@ -192,8 +218,26 @@ class TrainConfig:
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("num_threads", f"expected a positive integer or none, got {self.num_threads}")
-        if self.seed < 0:
-            raise ConfigError("seed", f"expected a non-negative integer, got {self.seed}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError("seed", f"expected an integer in [0, 2**63), got {self.seed}")
+        if self.divergence_factor is not None and not (
+            math.isfinite(self.divergence_factor) and self.divergence_factor > 0
+        ):
+            raise ConfigError(
+                "divergence_factor",
+                f"expected a finite positive number or none, got {self.divergence_factor}",
+            )
+        if self.divergence_window < 1:
+            raise ConfigError(
+                "divergence_window", f"expected a positive integer, got {self.divergence_window}"
+            )
+        if self.backend is not None:
+            from lpc_fast.dispatch import BACKEND_NAMES
+
+            if self.backend not in BACKEND_NAMES:
+                raise ConfigError(
+                    "backend", f"expected one of {', '.join(BACKEND_NAMES)} or none, got {self.backend!r}"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

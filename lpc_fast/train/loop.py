@@ -11,6 +11,11 @@ Outputs (rank 0 only) in ``config.out``:
 
 SIGINT and SIGTERM are caught: the current step finishes, a checkpoint is written and the run stops
 (``RunResult.interrupted``); ``--resume`` continues from it.
+
+A numerical fault (:class:`~lpc_fast.train.faults.DivergenceError`, or
+:class:`~lpc_fast.train.faults.NonFiniteError` under ``nonfinite_policy="raise"``) leaves the trainer
+in the state before the failing step; that state is checkpointed and the error re-raised with the
+checkpoint's path in ``error.checkpoint``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +36,14 @@ import torch
 from lpc_fast.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_latest, save_checkpoint
 from lpc_fast.train.config import ConfigError, TrainConfig
 from lpc_fast.train.distributed import DistContext, detect
+from lpc_fast.train.faults import TrainingFault
 
 __all__ = ["RESUMABLE_CHANGES", "RunResult", "run_training", "load_model", "checkpoint_payload"]
 
 #: Fields that may differ between a checkpoint's config and a resumed run's: they change what is
 #: recorded or how long the run lasts, not the trajectory (``backend`` and ``device`` may change the
-#: floating-point rounding, so a bit-identical continuation needs them unchanged too).
+#: floating-point rounding, so a bit-identical continuation needs them unchanged too; the
+#: numerical-fault settings only act on a step that has a fault).
 RESUMABLE_CHANGES = (
     "steps",
     "log_every",
@@ -45,6 +53,9 @@ RESUMABLE_CHANGES = (
     "device",
     "backend",
     "num_threads",
+    "nonfinite_policy",
+    "divergence_factor",
+    "divergence_window",
 )
 
 
@@ -222,9 +233,13 @@ def run_training(
 
     dist = detect(resolve_device(config.device))
     try:
-        return _run(
+        result = _run(
             config, dist, resume=resume, progress=progress, log=log, dataset=dataset, make=make_trainer
         )
+        # Every rank reaches this point before any tears the group down: destroying it while a
+        # peer still has gloo traffic in flight aborts that peer at exit.
+        dist.barrier()
+        return result
     finally:
         dist.shutdown()
 
@@ -239,12 +254,18 @@ def _run(config, dist: DistContext, *, resume, progress, log, dataset, make) -> 
             (log or (lambda s: print(s, file=sys.stderr, flush=True)))(msg)
 
     state = None
+    resumed_from: Path | None = None
     if resume:
-        found = load_latest(out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = load_latest(out)
+        for w in caught:  # a corrupt newest checkpoint: say so plainly before falling back
+            say(f"warning: {w.message}")
         if found is None:
             say(f"no checkpoint in {out}: starting a new run")
         else:
             state, path = found
+            resumed_from = path
             saved = TrainConfig.from_dict(state["config"])
             _check_resume_config(saved, config)
             say(f"resuming from {path} at step {state['trainer']['step']}")
@@ -293,7 +314,8 @@ def _run(config, dist: DistContext, *, resume, progress, log, dataset, make) -> 
             dynamic_ncols=True,
         )
     result = RunResult(out=out, step=trainer.step)
-    last_saved = trainer.step if state is not None else -1
+    # A resume from the fallback checkpoint has no valid checkpoint.pt of its step yet.
+    last_saved = trainer.step if resumed_from is not None and resumed_from.name == CHECKPOINT_NAME else -1
     metrics: dict[str, Any] = {}
 
     def checkpoint() -> Path | None:
@@ -308,7 +330,18 @@ def _run(config, dist: DistContext, *, resume, progress, log, dataset, make) -> 
         metrics_file = open(metrics_path, "a") if dist.is_main else None  # noqa: SIM115 - closed in finally
         try:
             while trainer.step < config.steps:
-                metrics = trainer.train_step()
+                try:
+                    metrics = trainer.train_step()
+                except TrainingFault as fault:
+                    # The trainer was rewound to its last good state: keep it on disk, then stop.
+                    path = checkpoint() if last_saved != trainer.step else out / CHECKPOINT_NAME
+                    result.checkpoint = path
+                    fault.checkpoint = str(path) if dist.is_main else None
+                    fault.args = (
+                        f"{fault}; the last good state (step {trainer.step}) is in {path}",
+                        *fault.args[1:],
+                    )
+                    raise
                 metrics["steps_per_s"] = 1.0 / metrics["seconds"] if metrics["seconds"] > 0 else float("inf")
                 step = trainer.step
                 if metrics_file is not None and (step % config.log_every == 0 or step == config.steps):

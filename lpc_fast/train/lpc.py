@@ -33,6 +33,7 @@ import torch
 from lpc_fast.train.base import Trainer, _ThetaModule, gaussian_entropy, gaussian_log_prob
 from lpc_fast.train.config import ConfigError, TrainConfig
 from lpc_fast.train.distributed import RANK_OFFSET_STRIDE, DistContext
+from lpc_fast.train.faults import NonFiniteError
 
 __all__ = ["LPCTrainer", "encoder_objective", "make_sampler", "posterior_chain_fn", "run_langevin_chain"]
 
@@ -43,6 +44,9 @@ def encoder_objective(
     samples: torch.Tensor | None,
     eps: torch.Tensor | None,
     objective: str,
+    *,
+    sample_mask: torch.Tensor | None = None,
+    point_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The encoder loss of LPC.md §3.4 for one batch (θ is not excluded here: freeze it outside).
 
@@ -57,6 +61,10 @@ def encoder_objective(
     eps : Tensor or None
         Standard normals ``[B, D]`` for the reparameterised sample (``reverse_kl`` and ``jeffreys``).
     objective : {"forward_kl", "reverse_kl", "jeffreys"}
+    sample_mask : Tensor, optional
+        ``[K, B]`` bool: which chain samples count in the forward KL (``None``: all).
+    point_mask : Tensor, optional
+        ``[B]`` bool: which data points count in the reverse KL (``None``: all).
 
     Returns
     -------
@@ -69,14 +77,27 @@ def encoder_objective(
     if objective in ("forward_kl", "jeffreys"):
         if samples is None:
             raise ValueError("the forward KL needs chain samples")
-        lf = -gaussian_log_prob(samples, mu.unsqueeze(0), log_sigma.unsqueeze(0)).mean()
+        if sample_mask is None:
+            lf = -gaussian_log_prob(samples, mu.unsqueeze(0), log_sigma.unsqueeze(0)).mean()
+        else:
+            # Invalid samples are replaced by a finite point before the log-density, so that their zero
+            # weight gives exactly zero gradient (0 * inf would be NaN).
+            m = sample_mask.to(samples.device)
+            safe = torch.where(m.unsqueeze(-1), samples, mu.detach().unsqueeze(0))
+            lp = gaussian_log_prob(safe, mu.unsqueeze(0), log_sigma.unsqueeze(0))
+            lf = -torch.where(m, lp, 0.0).sum() / m.sum().clamp(min=1)
         loss = loss + lf
         parts["forward_kl"] = float(lf.detach())
     if objective in ("reverse_kl", "jeffreys"):
         if eps is None:
             raise ValueError("the reverse KL needs reparameterisation noise")
         z = mu + torch.exp(log_sigma) * eps
-        lr = (model.energy(z, x) - gaussian_entropy(log_sigma)).mean()
+        per_point = model.energy(z, x) - gaussian_entropy(log_sigma)
+        if point_mask is None:
+            lr = per_point.mean()
+        else:
+            pm = point_mask.to(per_point.device)
+            lr = torch.where(pm, per_point, 0.0).sum() / pm.sum().clamp(min=1)
         loss = loss + lr
         parts["reverse_kl"] = float(lr.detach())
     if not parts:
@@ -113,12 +134,24 @@ def run_langevin_chain(
     *,
     accumulate: bool = False,
     sync_context: Callable[[bool], Any] | None = None,
+    training_step: int | None = None,
+    any_fault: Callable[[bool], bool] | None = None,
+    index_offset: int = 0,
 ) -> dict[str, Any]:
     """The chain of LPC.md §3.2-3.3: ``T + 1`` forward/backward passes at ``z_0 .. z_T``, ``T`` moves.
 
     Pass ``t`` computes ``E(z_t; x)`` once; its backward gives ``∇_z E`` (the sampler's drive for move
     ``t + 1``) and, for kept samples when ``accumulate`` is set, adds ``Σ_i ∇_θ E(z_t,i)`` to the
     parameters' ``.grad``. Kept samples are ``t = B+1 .. T`` (``B = config.burn_in``).
+
+    Each pass also counts the non-finite values of every chain's energy and ``∇_z E`` (one reduction,
+    kept on the device: no host synchronisation inside the chain). ``config.nonfinite_policy`` decides
+    what happens to chains with any: ``raise`` raises :class:`~lpc_fast.train.faults.NonFiniteError`
+    after the chain; ``skip`` marks the whole chain invalid; ``reset`` puts the chain back at its warm
+    start (with the warm start's gradient and a fresh preconditioner) right after the failing pass and
+    marks only the non-finite samples invalid. With ``accumulate``, invalid samples have already been
+    added to ``.grad``: the caller re-accumulates over the valid ones when ``faulty`` is set (the
+    trainer's :meth:`LPCTrainer._accumulate_valid`).
 
     Parameters
     ----------
@@ -127,26 +160,50 @@ def run_langevin_chain(
     x, z0 : Tensor
         Data ``[b, ...]`` and the warm start ``[b, D]`` (not modified).
     config : TrainConfig
-        Supplies T, burn-in and the sampler settings.
+        Supplies T, burn-in, the non-finite policy and the sampler settings.
     sampler_factory : callable
         ``z -> LangevinSampler`` over the leaf tensor ``z`` (fixes the noise stream).
     accumulate : bool
         Accumulate the decoder gradient of kept samples into ``.grad``.
     sync_context : callable, optional
         ``last -> context manager`` wrapped around each pass (DDP's ``no_sync``).
+    training_step : int, optional
+        The 1-based training step, for error messages.
+    any_fault : callable, optional
+        ``local_fault -> global_fault``: under DDP, whether any process saw a non-finite value, so that
+        every process takes the same path.
+    index_offset : int
+        Added to batch indices in error messages (this process's first row of the global batch).
 
     Returns
     -------
     dict
         ``samples`` ``[T - B, b, D]`` (kept, detached), ``z`` (final sample), ``energies``
-        (``[T + 1]`` float64 batch means at ``z_0 .. z_T``), ``kept`` (``T - B``), ``offset_end`` (the
-        sampler's noise counter after the last move).
+        (``[T + 1]`` float64 means over the valid chains at ``z_0 .. z_T``), ``kept`` (``T - B``),
+        ``offset_end`` (the sampler's noise counter after the last move), ``nonfinite`` (``[T + 1, b]``
+        int64 counts of non-finite values per pass and chain, on the CPU), ``affected`` (batch indices
+        of the chains with any), ``faulty`` (any process had one), ``sample_mask`` (``[T - B, b]`` bool
+        validity of the kept samples, or ``None`` when all are valid) and ``point_mask`` (``[b]`` bool,
+        the chains still in the batch, or ``None``).
+
+    Raises
+    ------
+    NonFiniteError
+        With ``nonfinite_policy="raise"``, naming the training step, the first failing pass, the
+        chains and the count of non-finite values there.
     """
     steps, burn = config.chain_length, config.burn_in
+    policy = config.nonfinite_policy
     z = z0.detach().clone().requires_grad_(True)
     sampler = sampler_factory(z)
     kept: list[torch.Tensor] = []
     energies: list[torch.Tensor] = []  # kept on the device: no host sync inside the chain
+    # Per pass, each chain's energy plus the sum of its gradient: finite exactly when every value is
+    # (or an overflow, which is as bad). Two small kernels per pass; exact counts are taken from the
+    # kept gradient references only after a fault.
+    checks: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    g0: torch.Tensor | None = None
     for t in range(steps + 1):
         keep = t > burn
         last = t == steps
@@ -162,18 +219,88 @@ def run_langevin_chain(
                 total.backward()
             else:
                 (z.grad,) = torch.autograd.grad(total, [z])
-        energies.append(energy.detach().mean())
+        energy = energy.detach()
+        energies.append(energy)
+        grads.append(z.grad)  # a reference (each pass makes a new .grad): no copy, no kernel
+        check = z.grad.detach().flatten(1).sum(1, dtype=energy.dtype).add_(energy)
+        checks.append(check)
         if keep:
             kept.append(z.detach().clone())
+        if policy == "reset" and not last:
+            if g0 is None:
+                g0 = z.grad.detach().clone()
+            _reset_chains(z, check.isfinite().logical_not_(), z0, g0, sampler)
         if not last:
             sampler.step()
+    finite = torch.stack(checks).isfinite().cpu()
+    local_fault = not bool(finite.all())
+    if local_fault:
+        nonfinite = (
+            torch.stack([g.detach().isfinite().logical_not_().flatten(1).sum(1) for g in grads]).cpu()
+            + torch.stack(energies).isfinite().logical_not_().cpu()
+        )
+        nonfinite = torch.maximum(nonfinite, finite.logical_not().long())  # overflow with no inf/NaN
+    else:
+        nonfinite = torch.zeros(finite.shape, dtype=torch.int64)
+    del grads
+    faulty = any_fault(local_fault) if any_fault is not None else local_fault
+    stacked = torch.stack(energies)
+    affected = (nonfinite.sum(0) > 0).nonzero().flatten().tolist()
+    sample_mask = point_mask = None
+    if not faulty:
+        means = stacked.mean(1).double().cpu()
+    else:
+        if policy == "raise":
+            found = _first_fault(nonfinite)
+            if found is None:  # another process failed: stop together
+                raise NonFiniteError(step=training_step, inner_step=None, chains=[], count=0)
+            chains = [i + index_offset for i in found[1]]
+            raise NonFiniteError(step=training_step, inner_step=found[0], chains=chains, count=found[2])
+        valid = nonfinite == 0
+        if policy == "skip":
+            point_mask = valid.all(0)
+            valid = point_mask.expand_as(valid)
+        e = stacked.double().cpu()
+        means = torch.where(valid, e, 0.0).sum(1) / valid.sum(1)  # NaN where no chain is valid
+        sample_mask = valid[burn + 1 :].clone()
     return {
         "samples": torch.stack(kept),
         "z": z.detach(),
-        "energies": torch.stack(energies).double().cpu(),
+        "energies": means,
         "kept": len(kept),
         "offset_end": int(sampler.offset),
+        "nonfinite": nonfinite,
+        "affected": affected,
+        "faulty": faulty,
+        "sample_mask": sample_mask,
+        "point_mask": point_mask,
     }
+
+
+def _first_fault(nonfinite: torch.Tensor) -> tuple[int, list[int], int] | None:
+    rows = nonfinite.sum(1).nonzero()
+    if rows.numel() == 0:
+        return None
+    t = int(rows[0, 0])
+    return t, nonfinite[t].nonzero().flatten().tolist(), int(nonfinite[t].sum())
+
+
+@torch.no_grad()
+def _reset_chains(
+    z: torch.Tensor, bad: torch.Tensor, z0: torch.Tensor, g0: torch.Tensor, sampler: Any
+) -> None:
+    """Put the chains flagged in ``bad`` (bool ``[b]``) back at their warm start, on the device."""
+    hit = bad.view(-1, *([1] * (z.dim() - 1)))
+    z.copy_(torch.where(hit, z0.to(z.dtype), z))
+    z.grad = torch.where(hit, g0, z.grad)
+    state = getattr(sampler, "state", None)
+    if not state or state[0].get("v") is None:
+        return
+    st, group = state[0], sampler.param_groups[0]
+    # A fresh chain's first step has v_hat = g0**2; this v gives the same v_hat at the next (global)
+    # step index s + 1 with bias correction, and v' = (1 - beta) g0**2 without, as a fresh chain.
+    scale = (1.0 - group["beta"] ** st["step"]) if group["bias_correction"] else 0.0
+    st["v"].copy_(torch.where(hit, (g0.float() ** 2) * scale, st["v"]))
 
 
 def posterior_chain_fn(
@@ -210,9 +337,10 @@ class _EncoderObjective(torch.nn.Module):
         self.encoder = model.encoder
         self.objective = objective
 
-    def forward(self, x, samples, eps):  # noqa: D102 - see encoder_objective
-        loss, parts = encoder_objective(self._model, x, samples, eps, self.objective)
-        return loss, parts
+    def forward(self, x, samples, eps, sample_mask=None, point_mask=None):  # noqa: D102 - see encoder_objective
+        return encoder_objective(
+            self._model, x, samples, eps, self.objective, sample_mask=sample_mask, point_mask=point_mask
+        )
 
 
 class LPCTrainer(Trainer):
@@ -283,38 +411,105 @@ class LPCTrainer(Trainer):
 
         sampler = self._make_sampler
         chain = run_langevin_chain(
-            energy, x, z0, self.config, sampler, accumulate=accumulate, sync_context=sync_context
+            energy,
+            x,
+            z0,
+            self.config,
+            sampler,
+            accumulate=accumulate,
+            sync_context=sync_context,
+            training_step=self.step + 1,
+            any_fault=self._any_rank if self.dist.enabled else None,
+            index_offset=self.dist.rank * self.local_batch,
         )
         self.noise_offset = chain["offset_end"] - self.dist.rank * RANK_OFFSET_STRIDE
         return chain
 
     # -- one optimizer step ------------------------------------------------------------------------------
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any process (all ranks must take the same branch)."""
+        import torch.distributed as tdist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def _step(self, x: torch.Tensor) -> tuple[dict[str, float], int]:
         cfg = self.config
         self.opt_theta.zero_grad(set_to_none=True)
         z0 = self.warm_start(x)
-        chain = self.run_chain(x, z0)
-        # Each backward added Σ_i ∇_θ E(z_t,i); average over kept samples and the batch (DDP has
-        # already averaged the per-rank sums over ranks, so this gives the global-batch mean).
-        scale = 1.0 / (chain["kept"] * x.shape[0])
-        for p in self.theta_params:
-            if p.grad is not None:
-                p.grad.mul_(scale)
-        self.opt_theta.step()
-        evals = cfg.chain_length + 1
+        chain = self.run_chain(x, z0)  # raises NonFiniteError under nonfinite_policy="raise"
         energies = chain["energies"]
+        loss = float(energies[cfg.burn_in + 1 :].mean())
+        # Before any optimizer step: a divergence leaves model and optimizers untouched.
+        self._check_divergence(loss, cfg.langevin_step_size)
+        evals = cfg.chain_length + 1
+        if chain["faulty"]:
+            evals += self._accumulate_valid(x, chain)
+        else:
+            # Each backward added Σ_i ∇_θ E(z_t,i); average over kept samples and the batch (DDP has
+            # already averaged the per-rank sums over ranks, so this gives the global-batch mean).
+            scale = 1.0 / (chain["kept"] * x.shape[0])
+            for p in self.theta_params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self.opt_theta.step()
+        affected = len(chain["affected"])  # this process's; train_step sums over processes
         metrics = {
-            "loss": float(energies[cfg.burn_in + 1 :].mean()),
+            "loss": loss,
             "energy_start": float(energies[0]),
             "energy_end": float(energies[-1]),
+            "nonfinite_chains": affected,
         }
         if self._enc_loss is not None:
-            metrics.update(self._encoder_step(x, chain["samples"]))
+            metrics.update(self._encoder_step(x, chain["samples"], chain["sample_mask"], chain["point_mask"]))
             if cfg.encoder_objective in ("reverse_kl", "jeffreys"):
                 evals += 1
         return metrics, evals
 
-    def _encoder_step(self, x: torch.Tensor, samples: torch.Tensor) -> dict[str, float]:
+    def _accumulate_valid(self, x: torch.Tensor, chain: dict[str, Any]) -> int:
+        """Redo the decoder gradient over the valid kept samples only; return the passes it took.
+
+        Runs only on a step with non-finite chains (the chain's own accumulation already summed the
+        invalid ones). Invalid samples are replaced by zeros, a finite point, and weighted 0, so they
+        contribute exactly nothing. The mean is over the valid samples of the global batch.
+        """
+        energy = self._energy
+        mask = chain["sample_mask"].to(self.device)
+        samples = chain["samples"]
+        k = samples.shape[0]
+        for p in self.theta_params:
+            p.grad = None
+        for i in range(k):
+            last = i == k - 1
+            ctx = (
+                energy.no_sync()
+                if self.dist.enabled and not last and hasattr(energy, "no_sync")
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                m = mask[i]
+                zi = torch.where(m.view(-1, *([1] * (samples.dim() - 2))), samples[i], 0.0)
+                torch.where(m, energy(zi, x), 0.0).sum().backward()
+        valid = float(mask.sum())
+        if self.dist.enabled:
+            valid = self.dist.mean({"n": valid}, self.device)["n"]  # mean over ranks: DDP averages too
+        for p in self.theta_params:
+            if p.grad is None:
+                continue
+            if valid > 0:
+                p.grad.mul_(1.0 / valid)
+            else:
+                p.grad = None  # nothing valid: no update (the divergence guard normally stops first)
+        return k
+
+    def _encoder_step(
+        self,
+        x: torch.Tensor,
+        samples: torch.Tensor,
+        sample_mask: torch.Tensor | None = None,
+        point_mask: torch.Tensor | None = None,
+    ) -> dict[str, float]:
         objective = self.config.encoder_objective
         eps = self.global_normal(self.latent_dim) if objective in ("reverse_kl", "jeffreys") else None
         self.opt_phi.zero_grad(set_to_none=True)
@@ -323,7 +518,10 @@ class LPCTrainer(Trainer):
         for p in self.theta_params:
             p.requires_grad_(False)
         try:
-            loss, parts = self._enc_loss(x, samples, eps)
+            if sample_mask is None and point_mask is None:
+                loss, parts = self._enc_loss(x, samples, eps)
+            else:
+                loss, parts = self._enc_loss(x, samples, eps, sample_mask, point_mask)
             loss.backward()
         finally:
             for p, f in zip(self.theta_params, flags):

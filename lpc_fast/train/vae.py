@@ -56,6 +56,7 @@ class VAETrainer(Trainer):
         self.opt_phi.zero_grad(set_to_none=True)
         nelbo, energy = self._loss(x, eps)
         loss = nelbo.mean()
+        self._check_divergence(loss.detach())  # before any optimizer step: a divergence changes nothing
         loss.backward()
         self.opt_theta.step()
         self.opt_phi.step()
