@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cpu_backend_params
+from _helpers import cpu_backend_params
 
 import lpc_fast
 from lpc_fast import reference, rng

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import cpu_backend_params
+from _helpers import cpu_backend_params
 
 import lpc_fast
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOLERANCES, cpu_backend_params, make_layout
+from _helpers import TOLERANCES, cpu_backend_params, make_layout
 
 import lpc_fast
 from lpc_fast import reference, rng

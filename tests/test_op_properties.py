@@ -11,7 +11,7 @@ import os
 
 import pytest
 import torch
-from conftest import TOLERANCES, cpu_backend_params
+from _helpers import TOLERANCES, cpu_backend_params
 
 import lpc_fast
 from lpc_fast import reference, rng

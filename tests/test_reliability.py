@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_backend_params
+from _helpers import cpu_backend_params
 
 import lpc_fast
 import lpc_fast.train as train_pkg

@@ -1,4 +1,4 @@
-"""Shared test helpers: which backends can run here, layouts and per-dtype tolerances."""
+"""Shared test helpers (imported by name: tests/gpu has a conftest.py of its own)."""
 
 from __future__ import annotations
 
