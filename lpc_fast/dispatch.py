@@ -45,6 +45,7 @@ ENV_VAR = "LPC_FAST_BACKEND"
 # A plain stack (not a ContextVar) so torch.compile can read it without a graph break.
 _context_stack: list[str | None] = []
 _warned: set[tuple[str, str]] = set()
+_selection_cache: dict[tuple, str] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -193,7 +194,18 @@ class _DispatcherBackend(_Backend):
     prefix = ""
 
     def _op(self, name: str):
-        return getattr(torch.ops.lpc_fast, self.prefix + name)
+        # The overload packet's .default skips a per-call overload resolution.
+        op = self._ops.get(name)
+        if op is None:
+            op = getattr(torch.ops.lpc_fast, self.prefix + name).default
+            self._ops[name] = op
+        return op
+
+    @property
+    def _ops(self) -> dict:
+        if "_op_cache" not in self.__dict__:
+            self.__dict__["_op_cache"] = {}
+        return self.__dict__["_op_cache"]
 
     @staticmethod
     def _hyper(hyper: dict) -> list:
@@ -360,7 +372,17 @@ def select_backend(device: torch.device | str, backend: str | None = None) -> _B
         When the requested name is not a backend.
     """
     ctx = _context_stack[-1] if _context_stack else None
-    return _BACKENDS[_resolve(torch.device(device).type, backend, ctx)]
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if torch.compiler.is_compiling():
+        return _BACKENDS[_resolve(device_type, backend, ctx)]
+    # Availability does not change within a process: cache the resolution per request (the
+    # environment variable is part of the key, so changing it takes effect at once).
+    key = (device_type, backend, ctx, os.environ.get(ENV_VAR))
+    name = _selection_cache.get(key)
+    if name is None:
+        name = _resolve(device_type, backend, ctx)
+        _selection_cache[key] = name
+    return _BACKENDS[name]
 
 
 @torch.compiler.assume_constant_result

@@ -32,7 +32,7 @@ _INT_TYPES = (int, torch.SymInt)
 
 
 def _is_int(x: object) -> bool:
-    return isinstance(x, _INT_TYPES) and not isinstance(x, bool)
+    return type(x) is int or (isinstance(x, _INT_TYPES) and not isinstance(x, bool))
 
 
 def _check_tensor(name: str, x: object) -> torch.Tensor:
@@ -42,6 +42,10 @@ def _check_tensor(name: str, x: object) -> torch.Tensor:
 
 
 def _check_real(name: str, x: object) -> float:
+    if type(x) is float:  # the common case first: the checks run once per Langevin step
+        if not math.isfinite(x):
+            raise ValueError(f"{name} must be finite, got {x}")
+        return x
     if isinstance(x, bool) or not isinstance(x, (numbers.Real, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     if isinstance(x, numbers.Real) and not math.isfinite(float(x)):
@@ -210,7 +214,10 @@ def langevin_step_(
         _check_rng_state(rng_state, z)
         # Even an empty z advances the state (step += 1), as every kernel does: a captured loop's
         # step count must not depend on the batch being empty.
-        with torch.no_grad():
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                chosen.step_state_(z, grad, v, rng_state, **hyper)
+        else:
             chosen.step_state_(z, grad, v, rng_state, **hyper)
         return
     if step is None or seed is None or offset is None:
@@ -221,7 +228,10 @@ def langevin_step_(
     _check_u64("offset", offset)
     if z.numel() == 0:
         return
-    with torch.no_grad():
+    if torch.is_grad_enabled():  # entering no_grad costs about a microsecond: skip it when already off
+        with torch.no_grad():
+            chosen.step_(z, grad, v, step=step, seed=_as_int64(seed), offset=_as_int64(offset), **hyper)
+    else:
         chosen.step_(z, grad, v, step=step, seed=_as_int64(seed), offset=_as_int64(offset), **hyper)
 
 
