@@ -4,15 +4,15 @@ Usage::
 
     python benchmarks/bench_train.py --device cpu|cuda [--model mlp|conv] [--T 20] [--batch 64]
         [--providers lpc_fused lpc_reference lpc_loop vae decoder_floor ...] [--budget 20]
-        [--threads N] [--json PATH] [--no-append] [--quick]
+        [--threads N] [--json PATH] [--no-append] [--quick] [--no-fused-adam]
 
 Providers (each its own trainer, built from the same seed; a call is one ``train_step``):
 
 ``lpc_fused``      :class:`lpc_fast.train.LPCTrainer` with the automatic kernel backend
 ``lpc_reference``  the same trainer with ``backend="reference"`` (the eager PyTorch sampler)
-``lpc_loop``       the trainer with its chain run by :class:`lpc_fast.fastloop.LangevinLoop` (eager)
-``lpc_graph``      ... with ``LangevinLoop(mode="cuda_graph")`` (CUDA only)
-``lpc_compile``    ... with ``LangevinLoop(mode="compile")``
+``lpc_loop``       the trainer with ``loop_mode="eager"`` (chain in :class:`lpc_fast.fastloop.LangevinLoop`)
+``lpc_graph``      ... with ``loop_mode="cuda_graph"`` (CUDA only)
+``lpc_compile``    ... with ``loop_mode="compile"``
 ``vae``            :class:`lpc_fast.train.VAETrainer` (one decoder pass per step)
 ``decoder_floor``  the decoder forward/backward passes an LPC step makes (``decoder_grad_evals_step``
                    of them: ``T + 1`` chain passes plus the reverse-KL pass), alone, at the same batch
@@ -26,8 +26,9 @@ checked against ``lpc_reference`` (the same loss after one step): a wrong traine
 
 The model is the paper's setup on digits by default (MLP decoder and encoder, latent 40,
 discretised-Gaussian likelihood, encoder warm start, Jeffreys encoder objective, Adam, batch 64).
-``--no-encoder`` drops the encoder (prior warm start): the step is then the chain and the decoder's
-Adam step only, which isolates the sampler's share.
+The trainers use fused Adam where torch supports it (``TrainConfig.fused_optimizer``);
+``--no-fused-adam`` times them with the default Adam. ``--no-encoder`` drops the encoder (prior warm
+start): the step is then the chain and the decoder's Adam step only, which isolates the sampler's share.
 """
 
 from __future__ import annotations
@@ -46,34 +47,16 @@ import harness  # noqa: E402
 
 harness.ensure_importable()
 
-from lpc_fast.fastloop import LangevinLoop  # noqa: E402
 from lpc_fast.models import ModelConfig  # noqa: E402
 from lpc_fast.train import LPCTrainer, TrainConfig, VAETrainer  # noqa: E402
-from lpc_fast.train.distributed import RANK_OFFSET_STRIDE  # noqa: E402
 
 ALL_PROVIDERS = ("decoder_floor", "lpc_reference", "lpc_fused", "lpc_loop", "lpc_graph", "lpc_compile", "vae")
 _LOOP_MODES = {"lpc_loop": "eager", "lpc_graph": "cuda_graph", "lpc_compile": "compile"}
 
 
-class LoopLPCTrainer(LPCTrainer):
-    """:class:`LPCTrainer` whose chain runs in a :class:`LangevinLoop` (the same noise and results)."""
-
-    def __init__(self, config: TrainConfig, data: Any, *, loop_mode: str, **kwargs: Any) -> None:
-        super().__init__(config, data, **kwargs)
-        self.loop = LangevinLoop.from_config(self._energy, self.theta_params, config, mode=loop_mode)
-
-    def run_chain(self, x: torch.Tensor, z0: torch.Tensor, *, accumulate: bool = True) -> dict[str, Any]:
-        base = self.dist.rank * RANK_OFFSET_STRIDE
-        chain = self.loop.run(x, z0, offset=base + self.noise_offset, accumulate=accumulate)
-        self.noise_offset = chain["offset_end"] - base
-        # The trainer's non-finite policies act on these counts; a benchmark only needs finite chains.
-        if bool(chain["nonfinite"].any()):
-            raise RuntimeError("a benchmark chain produced non-finite energies or gradients")
-        chain.update(faulty=False, affected=[], sample_mask=None, point_mask=None)
-        return chain
-
-
-def make_config(method: str, args: argparse.Namespace, backend: str | None = None) -> TrainConfig:
+def make_config(
+    method: str, args: argparse.Namespace, backend: str | None = None, loop_mode: str = "sampler"
+) -> TrainConfig:
     """The benchmark's training configuration for ``method`` in {lpc, vae}."""
     encoder = getattr(args, "encoder", True)
     if args.model == "mlp":
@@ -99,6 +82,8 @@ def make_config(method: str, args: argparse.Namespace, backend: str | None = Non
         model=model,
         seed=0,
         warm_start="encoder" if encoder else "prior",
+        loop_mode=loop_mode,
+        fused_optimizer=getattr(args, "fused_adam", True),
     )
 
 
@@ -121,7 +106,7 @@ def make_trainer(name: str, args: argparse.Namespace, data: Any):
         return LPCTrainer(make_config("lpc", args, backend="reference"), data)
     if name == "lpc_fused":
         return LPCTrainer(make_config("lpc", args), data)
-    return LoopLPCTrainer(make_config("lpc", args), data, loop_mode=_LOOP_MODES[name])
+    return LPCTrainer(make_config("lpc", args, loop_mode=_LOOP_MODES[name]), data)
 
 
 def decoder_floor(trainer: LPCTrainer) -> tuple[Callable[[], None], int]:
@@ -183,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="encoder",
         action="store_false",
         help="LPC without an encoder (prior warm start, no encoder objective; no vae provider)",
+    )
+    ap.add_argument(
+        "--no-fused-adam",
+        dest="fused_adam",
+        action="store_false",
+        help="the trainers' default (unfused) Adam instead of fused Adam",
     )
     ap.add_argument("--T", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)

@@ -359,8 +359,9 @@ def test_nonfinite_gradient_raise_names_step_batch_and_count(digits, tmp_path, c
     assert load_checkpoint(out / CHECKPOINT_NAME)["trainer"]["step"] == 2
 
 
-def test_skip_policy_drops_and_counts_bad_chains(digits):
-    cfg = tiny_config(nonfinite_policy="skip", num_langevin_steps=5, burn_in=1)
+@pytest.mark.parametrize("loop_mode", ["sampler", "eager"])
+def test_skip_policy_drops_and_counts_bad_chains(digits, loop_mode):
+    cfg = tiny_config(nonfinite_policy="skip", num_langevin_steps=5, burn_in=1, loop_mode=loop_mode)
     trainer = inject(make_trainer(cfg, digits), step=1, passes=(3,), rows=[2, 5])
     seen = {}
     real_run_chain, real_encoder_step = trainer.run_chain, trainer._encoder_step

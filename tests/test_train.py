@@ -28,6 +28,7 @@ from lpc_fast.train import (
     save_checkpoint,
 )
 from lpc_fast.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, decode_checkpoint, encode_checkpoint
+from lpc_fast.train.distributed import DistContext
 from lpc_fast.train.lpc import encoder_objective
 
 # -- data and models --------------------------------------------------------------------------------
@@ -329,6 +330,60 @@ def test_restored_trainer_continues_bit_for_bit(digits, method, tmp_path):
         second.train_step()
     want = params_of(full)
     assert all(torch.equal(want[k], v) for k, v in params_of(second).items())
+
+
+# -- chain loop modes and optimizer -------------------------------------------------------------------
+
+
+def _trajectory(digits, **kw) -> tuple[list[float], dict[str, torch.Tensor]]:
+    trainer = make_trainer(tiny_digits_config(steps=3, **kw), digits)
+    losses = [trainer.train_step()["loss"] for _ in range(3)]
+    return losses, params_of(trainer)
+
+
+def test_eager_loop_mode_is_the_sampler_trajectory_bit_for_bit(digits):
+    want_losses, want = _trajectory(digits)  # loop_mode="sampler"
+    losses, got = _trajectory(digits, loop_mode="eager")
+    assert losses == want_losses
+    assert all(torch.equal(want[k], v) for k, v in got.items())
+
+
+def test_compile_loop_mode_matches_the_sampler_trajectory(digits):
+    want_losses, want = _trajectory(digits)
+    losses, got = _trajectory(digits, loop_mode="compile")
+    # Same noise, kernels, accumulation and optimizer: only the compiled decoder's float32 rounding
+    # differs (relative ~1e-7 per pass). Adam moves an entry by at most lr = 1e-3 per step and the
+    # rounding barely changes its direction, so parameters agree far below lr (measured: 1.5e-8);
+    # a wrong noise offset, sample set or gradient scale would move entries by ~lr.
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(want_losses), rtol=1e-6, atol=0)
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=1e-5)
+
+
+def test_loop_mode_is_checked_against_device_processes_and_policy(digits):
+    with pytest.raises(ConfigError, match="--loop-mode: cuda_graph needs a CUDA device .*cpu"):
+        make_trainer(tiny_digits_config(loop_mode="cuda_graph", device="cpu"), digits)
+    with pytest.raises(ConfigError, match="--loop-mode: compile runs one process"):
+        make_trainer(tiny_digits_config(loop_mode="compile"), digits, dist=DistContext(world_size=2))
+    with pytest.raises(ConfigError, match="--loop-mode: --nonfinite-policy reset needs --loop-mode sampler"):
+        tiny_digits_config(loop_mode="eager", nonfinite_policy="reset").validate()
+
+
+def test_fused_adam_is_used_where_supported_and_falls_back_otherwise(digits, monkeypatch):
+    trainer = make_trainer(tiny_digits_config(), digits)
+    assert trainer.opt_theta.defaults["fused"] and trainer.opt_phi.defaults["fused"]
+    assert trainer.optimizer_description == "optimizer: fused Adam"
+    real = torch.optim.Adam
+
+    def adam_without_fused(params, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be of supported devices")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam_without_fused)
+    trainer = make_trainer(tiny_digits_config(), digits)
+    assert not trainer.opt_theta.defaults["fused"] and "not supported" in trainer.optimizer_description
+    assert math.isfinite(trainer.train_step()["loss"])
 
 
 # -- checkpoints ------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ Method = Literal["lpc", "vae", "pc"]
 WarmStart = Literal["prior", "zeros", "encoder", "encoder_mean"]
 EncoderObjective = Literal["forward_kl", "reverse_kl", "jeffreys"]
 NonfinitePolicy = Literal["raise", "skip", "reset"]
+LoopMode = Literal["sampler", "eager", "cuda_graph", "compile"]
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,10 @@ class TrainConfig:
     lr, encoder_lr : float
         Adam learning rates of the decoder/likelihood (θ) and the encoder (φ); ``encoder_lr=None``
         uses ``lr``.
+    fused_optimizer : bool
+        Use PyTorch's fused Adam (one kernel for all of a network's parameters) where the device and
+        dtype support it, else the default Adam; which one runs is reported once at the start of a run.
+        Fused and unfused Adam round differently, so this setting is part of the trajectory.
     seed : int
         Seeds the model initialisation, the data order, the warm-start noise and the Langevin noise.
     log_every, checkpoint_every : int
@@ -100,6 +105,13 @@ class TrainConfig:
         The encoder's loss after each chain (``jeffreys`` = forward + reverse, the paper's final one).
     backend : str or None
         Kernel backend of the Langevin step (``None``: automatic).
+    loop_mode : {"sampler", "eager", "cuda_graph", "compile"}
+        How LPC/PC run the ``T``-step chain: ``sampler`` steps a :class:`lpc_fast.LangevinSampler` from
+        Python (the only mode that supports ``nonfinite_policy="reset"``); the others use
+        :class:`lpc_fast.fastloop.LangevinLoop` in that mode. ``eager`` gives the same trajectory as
+        ``sampler`` bit for bit; ``cuda_graph`` replays the whole chain as one CUDA graph (a CUDA device,
+        a non-reference backend, one process); ``compile`` runs each pass as one ``torch.compile``
+        graph (one process; same trajectory up to the compiled decoder's rounding). The VAE ignores it.
     png_samples : int
         Images in the sample / reconstruction grids.
     nonfinite_policy : {"raise", "skip", "reset"}
@@ -127,6 +139,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     encoder_lr: float | None = None
+    fused_optimizer: bool = True
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -144,6 +157,7 @@ class TrainConfig:
     warm_start: WarmStart = "encoder"
     encoder_objective: EncoderObjective = "jeffreys"
     backend: str | None = None
+    loop_mode: LoopMode = "sampler"
     png_samples: int = 64
     nonfinite_policy: NonfinitePolicy = "raise"
     divergence_factor: float | None = 10.0
@@ -238,6 +252,14 @@ class TrainConfig:
                 raise ConfigError(
                     "backend", f"expected one of {', '.join(BACKEND_NAMES)} or none, got {self.backend!r}"
                 )
+        if self.nonfinite_policy == "reset" and self.loop_mode != "sampler":
+            # reset moves chains back to their warm start in the middle of the chain, which only the
+            # Python-stepped sampler can do; a LangevinLoop only reports the counts after the chain.
+            raise ConfigError(
+                "loop_mode",
+                f"--nonfinite-policy reset needs --loop-mode sampler (got {self.loop_mode!r}); "
+                "use --nonfinite-policy skip or raise with the other loop modes",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

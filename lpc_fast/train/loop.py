@@ -43,7 +43,8 @@ __all__ = ["RESUMABLE_CHANGES", "RunResult", "run_training", "load_model", "chec
 #: Fields that may differ between a checkpoint's config and a resumed run's: they change what is
 #: recorded or how long the run lasts, not the trajectory (``backend`` and ``device`` may change the
 #: floating-point rounding, so a bit-identical continuation needs them unchanged too; the
-#: numerical-fault settings only act on a step that has a fault).
+#: numerical-fault settings only act on a step that has a fault). ``loop_mode`` and ``fused_optimizer``
+#: are not here: ``compile`` and fused Adam round differently from the defaults, so they shape it.
 RESUMABLE_CHANGES = (
     "steps",
     "log_every",
@@ -296,6 +297,8 @@ def _run(config, dist: DistContext, *, resume, progress, log, dataset, make) -> 
             say("method vae: no Langevin kernel runs")
         else:
             say(lpc_fast.describe_selection(trainer.device, config.backend))
+            say(f"Langevin chain: loop mode {config.loop_mode}")
+        say(trainer.optimizer_description)
         if dist.enabled:
             say(f"data parallel: {dist.world_size} processes, {trainer.local_batch} images each per step")
     dist.barrier()

@@ -3,10 +3,11 @@
 Per minibatch x (this rank's shard):
 
 1. warm start ``z_0`` (prior sample, zeros, encoder sample or encoder mean);
-2. ``T`` Langevin moves ``z_0 -> z_1 ... z_T`` with :class:`lpc_fast.LangevinSampler`. Pass ``t`` (``t = 0
-   .. T``) runs the decoder forward/backward once at ``z_t``: the same backward gives ``∇_z E(z_t)``,
-   which drives move ``t+1`` (for ``t < T``), and, for kept samples, ``∇_θ E(z_t)`` accumulated into
-   the decoder's ``.grad``. That is ``T + 1`` passes for ``T`` moves.
+2. ``T`` Langevin moves ``z_0 -> z_1 ... z_T`` with :class:`lpc_fast.LangevinSampler` (or, by
+   ``config.loop_mode``, :class:`lpc_fast.fastloop.LangevinLoop`, which draws the same noise).
+   Pass ``t`` (``t = 0 .. T``) runs the decoder forward/backward once at ``z_t``: the same backward
+   gives ``∇_z E(z_t)``, which drives move ``t+1`` (for ``t < T``), and, for kept samples,
+   ``∇_θ E(z_t)`` accumulated into the decoder's ``.grad``. That is ``T + 1`` passes for ``T`` moves.
 3. The decoder gradient is the average over the kept samples ``z_{B+1} ... z_T`` (burn-in ``B``; the
    warm start ``z_0`` is never kept, the final sample ``z_T`` always is: ``T - B`` samples) and over the
    batch; one Adam step on θ. The chain is detached: no gradient flows through the moves.
@@ -35,7 +36,14 @@ from lpc_fast.train.config import ConfigError, TrainConfig
 from lpc_fast.train.distributed import RANK_OFFSET_STRIDE, DistContext
 from lpc_fast.train.faults import NonFiniteError
 
-__all__ = ["LPCTrainer", "encoder_objective", "make_sampler", "posterior_chain_fn", "run_langevin_chain"]
+__all__ = [
+    "LPCTrainer",
+    "encoder_objective",
+    "finish_chain",
+    "make_sampler",
+    "posterior_chain_fn",
+    "run_langevin_chain",
+]
 
 
 def encoder_objective(
@@ -233,22 +241,56 @@ def run_langevin_chain(
         if not last:
             sampler.step()
     finite = torch.stack(checks).isfinite().cpu()
-    local_fault = not bool(finite.all())
-    if local_fault:
+    if bool(finite.all()):
+        nonfinite = torch.zeros(finite.shape, dtype=torch.int64)
+    else:
         nonfinite = (
             torch.stack([g.detach().isfinite().logical_not_().flatten(1).sum(1) for g in grads]).cpu()
             + torch.stack(energies).isfinite().logical_not_().cpu()
         )
         nonfinite = torch.maximum(nonfinite, finite.logical_not().long())  # overflow with no inf/NaN
-    else:
-        nonfinite = torch.zeros(finite.shape, dtype=torch.int64)
     del grads
+    return finish_chain(
+        torch.stack(kept),
+        z.detach(),
+        torch.stack(energies),
+        nonfinite,
+        offset_end=int(sampler.offset),
+        config=config,
+        training_step=training_step,
+        any_fault=any_fault,
+        index_offset=index_offset,
+    )
+
+
+def finish_chain(
+    samples: torch.Tensor,
+    z: torch.Tensor,
+    chain_energies: torch.Tensor,
+    nonfinite: torch.Tensor,
+    *,
+    offset_end: int,
+    config: TrainConfig,
+    training_step: int | None = None,
+    any_fault: Callable[[bool], bool] | None = None,
+    index_offset: int = 0,
+) -> dict[str, Any]:
+    """Apply ``config.nonfinite_policy`` to a finished chain and build :func:`run_langevin_chain`'s dict.
+
+    Shared by every way of running the chain (the sampler loop above,
+    :class:`lpc_fast.fastloop.LangevinLoop`), so that they report, mask and raise identically.
+    ``samples`` ``[T - B, b, D]``, ``chain_energies`` ``[T + 1, b]`` (on the device) and ``nonfinite``
+    ``[T + 1, b]`` (int64 counts, on the CPU) are the chain's;
+    ``reset`` acts inside the chain, so here it only masks the non-finite samples.
+    """
+    burn = config.burn_in
+    policy = config.nonfinite_policy
+    local_fault = bool(nonfinite.any())
     faulty = any_fault(local_fault) if any_fault is not None else local_fault
-    stacked = torch.stack(energies)
     affected = (nonfinite.sum(0) > 0).nonzero().flatten().tolist()
     sample_mask = point_mask = None
     if not faulty:
-        means = stacked.mean(1).double().cpu()
+        means = chain_energies.mean(1).double().cpu()
     else:
         if policy == "raise":
             found = _first_fault(nonfinite)
@@ -260,15 +302,15 @@ def run_langevin_chain(
         if policy == "skip":
             point_mask = valid.all(0)
             valid = point_mask.expand_as(valid)
-        e = stacked.double().cpu()
+        e = chain_energies.double().cpu()
         means = torch.where(valid, e, 0.0).sum(1) / valid.sum(1)  # NaN where no chain is valid
         sample_mask = valid[burn + 1 :].clone()
     return {
-        "samples": torch.stack(kept),
-        "z": z.detach(),
+        "samples": samples,
+        "z": z,
         "energies": means,
-        "kept": len(kept),
-        "offset_end": int(sampler.offset),
+        "kept": samples.shape[0],
+        "offset_end": offset_end,
         "nonfinite": nonfinite,
         "affected": affected,
         "faulty": faulty,
@@ -369,13 +411,42 @@ class LPCTrainer(Trainer):
                 f"{config.warm_start!r} needs a model with an encoder (set --model-use-encoder) "
                 "or use 'prior' or 'zeros'",
             )
+        self._check_loop_mode()
         self.noise_offset = 0
         self._energy = self._ddp(_ThetaModule(self.model))
+        self._loop = None  # the LangevinLoop of loop_mode != "sampler", built on first use
         self._enc_loss = (
             self._ddp(_EncoderObjective(self.model, config.encoder_objective))
             if self.encoder is not None
             else None
         )
+
+    def _check_loop_mode(self) -> None:
+        """Reject a ``loop_mode`` this run's device, backend or process count cannot run."""
+        mode = self.config.loop_mode
+        if mode in ("cuda_graph", "compile") and self.dist.world_size > 1:
+            raise ConfigError(
+                "loop_mode",
+                f"{mode} runs one process (this run has {self.dist.world_size}); use --loop-mode eager "
+                "or sampler with data parallelism",
+            )
+        if mode != "cuda_graph":
+            return
+        if self.device.type != "cuda":
+            raise ConfigError(
+                "loop_mode",
+                f"cuda_graph needs a CUDA device (this run's device is {self.device.type}); "
+                "use --loop-mode eager or compile",
+            )
+        from lpc_fast.dispatch import select_backend
+
+        chosen = select_backend(self.device, self.config.backend).name
+        if chosen not in ("cuda", "triton"):
+            raise ConfigError(
+                "loop_mode",
+                f"cuda_graph needs the 'cuda' or 'triton' kernel backend (got {chosen!r}, whose noise "
+                "state is read on the host, which graph capture forbids); use --loop-mode eager",
+            )
 
     # -- pieces ------------------------------------------------------------------------------------------
     def warm_start(self, x: torch.Tensor) -> torch.Tensor:
@@ -399,7 +470,10 @@ class LPCTrainer(Trainer):
     def run_chain(self, x: torch.Tensor, z0: torch.Tensor, *, accumulate: bool = True) -> dict[str, Any]:
         """Run the ``T`` moves from ``z0``, accumulating ``Σ_t ∇_θ E(z_t)`` into ``.grad`` if asked.
 
-        Returns the dict of :func:`run_langevin_chain`; advances this trainer's noise position.
+        Returns the dict of :func:`run_langevin_chain`; advances this trainer's noise position. With
+        ``config.loop_mode`` other than ``"sampler"`` the moves run in a
+        :class:`lpc_fast.fastloop.LangevinLoop` (same noise stream, same accumulation) and the
+        non-finite policy and the result come from the same :func:`finish_chain`.
         """
         energy = self._energy
 
@@ -409,6 +483,8 @@ class LPCTrainer(Trainer):
                 return energy.no_sync()
             return contextlib.nullcontext()
 
+        if self.config.loop_mode != "sampler":
+            return self._run_loop(x, z0, accumulate, sync_context)
         sampler = self._make_sampler
         chain = run_langevin_chain(
             energy,
@@ -423,6 +499,37 @@ class LPCTrainer(Trainer):
             index_offset=self.dist.rank * self.local_batch,
         )
         self.noise_offset = chain["offset_end"] - self.dist.rank * RANK_OFFSET_STRIDE
+        return chain
+
+    def _run_loop(self, x, z0, accumulate, sync_context) -> dict[str, Any]:
+        from lpc_fast.fastloop import LangevinLoop
+
+        energy = self._energy
+        # Rebuilt when the energy is replaced (a wrapped energy in tests or diagnostics).
+        if self._loop is None or self._loop.energy_fn is not energy:
+            self._loop = LangevinLoop.from_config(
+                energy, self.theta_params, self.config, mode=self.config.loop_mode
+            )
+        base = self.dist.rank * RANK_OFFSET_STRIDE
+        out = self._loop.run(
+            x,
+            z0,
+            offset=base + self.noise_offset,
+            accumulate=accumulate,
+            sync_context=sync_context if self.config.loop_mode == "eager" else None,
+        )
+        chain = finish_chain(
+            out["samples"],
+            out["z"],
+            out["chain_energies"],
+            out["nonfinite"],
+            offset_end=out["offset_end"],
+            config=self.config,
+            training_step=self.step + 1,
+            any_fault=self._any_rank if self.dist.enabled else None,
+            index_offset=self.dist.rank * self.local_batch,
+        )
+        self.noise_offset = chain["offset_end"] - base
         return chain
 
     # -- one optimizer step ------------------------------------------------------------------------------
