@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from . import rng
-from .dispatch import _BACKENDS, get_backend, select_backend
+from .dispatch import _load_extension, get_backend, select_backend
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -455,154 +455,10 @@ def make_rng_state(
 
 
 # --------------------------------------------------------------------------------------------------
-# Dispatcher registration: the reference as custom ops, fake kernels, autograd for every backend.
+# Dispatcher registration (lpc_fast._schemas): the C++ ops' schemas then the extension's kernels,
+# and the reference backend's ops, so that torch.ops.lpc_fast.<op> exist once lpc_fast is imported.
+# The Triton ops register when that backend is first used (it needs Triton).
 # --------------------------------------------------------------------------------------------------
 
-_REF = get_backend("reference")
-_HYPER_NAMES = ("step_size", "beta", "eps", "temperature", "bias_correction", "precondition", "prior_grad")
-
-
-def _hyper_from(args) -> dict:
-    return dict(zip(_HYPER_NAMES, args))
-
-
-@torch.library.custom_op("lpc_fast::reference_langevin_fwd", mutates_args=())
-def _reference_fwd(
-    z: torch.Tensor,
-    grad: torch.Tensor,
-    v: torch.Tensor,
-    step: int,
-    step_size: float,
-    beta: float,
-    eps: float,
-    temperature: float,
-    bias_correction: bool,
-    precondition: bool,
-    prior_grad: bool,
-    seed: int,
-    offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    hyper = _hyper_from((step_size, beta, eps, temperature, bias_correction, precondition, prior_grad))
-    return _REF.forward(z, grad, v, step=step, seed=seed, offset=offset, **hyper)
-
-
-@torch.library.custom_op("lpc_fast::reference_langevin_bwd", mutates_args=())
-def _reference_bwd(
-    grad_z_new: torch.Tensor,
-    grad_v_new: torch.Tensor | None,
-    z: torch.Tensor,
-    grad: torch.Tensor,
-    v: torch.Tensor,
-    step: int,
-    step_size: float,
-    beta: float,
-    eps: float,
-    temperature: float,
-    bias_correction: bool,
-    precondition: bool,
-    prior_grad: bool,
-    seed: int,
-    offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    hyper = _hyper_from((step_size, beta, eps, temperature, bias_correction, precondition, prior_grad))
-    return _REF.backward(grad_z_new, grad_v_new, z, grad, v, step=step, seed=seed, offset=offset, **hyper)
-
-
-def _fake_fwd(z, grad, v, *args):
-    # Kernels return fresh contiguous tensors: z_new in z's dtype, v_new float32.
-    return (
-        torch.empty(z.shape, dtype=z.dtype, device=z.device),
-        torch.empty(z.shape, dtype=torch.float32, device=z.device),
-    )
-
-
-def _fake_bwd(grad_z_new, grad_v_new, z, grad, v, *args):
-    return (
-        torch.empty(z.shape, dtype=z.dtype, device=z.device),
-        torch.empty(z.shape, dtype=z.dtype, device=z.device),
-    )
-
-
-def _fake_void(*args):
-    return None
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    z, grad, v, *scalars = inputs
-    ctx.save_for_backward(z, grad, v)
-    ctx.scalars = scalars
-
-
-def _make_backward(bwd_op):
-    def backward(ctx, grad_z_new, grad_v_new):
-        z, grad, v = ctx.saved_tensors
-        gz, gg = bwd_op(grad_z_new.contiguous(), grad_v_new, z, grad, v, *ctx.scalars)
-        return (gz, gg, None) + (None,) * len(ctx.scalars)
-
-    return backward
-
-
-torch.library.register_fake("lpc_fast::reference_langevin_fwd")(_fake_fwd)
-torch.library.register_fake("lpc_fast::reference_langevin_bwd")(_fake_bwd)
-torch.library.register_autograd(
-    "lpc_fast::reference_langevin_fwd",
-    _make_backward(torch.ops.lpc_fast.reference_langevin_bwd),
-    setup_context=_setup_context,
-)
-
-
-class _ReferenceOpsBackend(type(_REF)):
-    """The reference backend, routed through its custom ops so autograd and compile see one op."""
-
-    def forward(self, z, grad, v, *, step, seed, offset, **hyper):
-        h = [hyper[k] for k in _HYPER_NAMES]
-        return torch.ops.lpc_fast.reference_langevin_fwd(z, grad, v, step, *h, seed, offset)
-
-
-_BACKENDS["reference"] = _ReferenceOpsBackend()
-
-
-def register_dispatcher_ops(prefix: str) -> None:
-    """Register fake kernels and autograd for ``lpc_fast::<prefix>langevin_*`` dispatcher ops.
-
-    Called for the C++ ops (prefix ``""``) once ``lpc_fast._C`` is loaded. Registration that already
-    exists (e.g. done by the op's own module) is left alone.
-    """
-    ns = torch.ops.lpc_fast
-    fakes = {
-        "langevin_fwd": _fake_fwd,
-        "langevin_bwd": _fake_bwd,
-        "langevin_step_": _fake_void,
-        "langevin_step_state_": _fake_void,
-        "langevin_step_foreach_": _fake_void,
-        "langevin_step_foreach_state_": _fake_void,
-        "philox_normal_": _fake_void,
-        "philox_uint32_": _fake_void,
-    }
-    for name, fake in fakes.items():
-        if not hasattr(ns, prefix + name):
-            continue
-        try:
-            torch.library.register_fake(f"lpc_fast::{prefix}{name}")(fake)
-        except RuntimeError:
-            pass  # already has a fake (registered by its own module)
-    if hasattr(ns, f"{prefix}langevin_fwd") and hasattr(ns, f"{prefix}langevin_bwd"):
-        try:
-            torch.library.register_autograd(
-                f"lpc_fast::{prefix}langevin_fwd",
-                _make_backward(getattr(ns, f"{prefix}langevin_bwd")),
-                setup_context=_setup_context,
-            )
-        except RuntimeError:
-            pass  # its own module registered autograd already
-
-
-def _register_extension() -> None:
-    try:
-        import lpc_fast._C  # noqa: F401  (loads the TORCH_LIBRARY schemas)
-    except ImportError:
-        return
-    register_dispatcher_ops("")
-
-
-_register_extension()
+_load_extension()
+get_backend("reference")._register()

@@ -1,5 +1,6 @@
 """The multi-tensor op ``langevin_step_foreach_``: bit-identical to the per-tensor loop on every
-backend, the same checks and errors, capturable mode, opcheck and torch.compile.
+backend, the same checks and errors, capturable mode and torch.compile (opcheck of its dispatcher
+ops on every backend: tests/test_dispatcher_ops.py).
 
 The Triton cases run under ``TRITON_INTERPRET=1`` on CPU (skipped otherwise, with the reason).
 Sizes stay small: the interpreter pays per program, not per element.
@@ -13,7 +14,6 @@ from _helpers import cpu_backend_params
 
 import lpc_fast
 from lpc_fast import rng
-from lpc_fast.dispatch import get_backend
 
 SEED = 2**63 + 99  # above 2**63: exercises the unsigned -> int64 carrier
 OFFSET = 2**32 - 5  # the low counter word carries into the high word inside the list
@@ -197,27 +197,6 @@ def test_bad_scalars_are_named_as_for_the_single_op(change, exc, match):
     z, g, v = _triple()
     with pytest.raises(exc, match=match):
         lpc_fast.langevin_step_foreach_([z], [g], [v], **{**OK, **change})
-
-
-def _foreach_op(backend):
-    if backend == "triton":
-        pytest.importorskip("lpc_fast.triton")
-    get_backend(backend).availability()  # loads and registers the backend's ops
-    prefix = {"cpu": "", "triton": "triton_"}[backend]
-    ns = torch.ops.lpc_fast
-    return getattr(ns, f"{prefix}langevin_step_foreach_"), getattr(
-        ns, f"{prefix}langevin_step_foreach_state_"
-    )
-
-
-@pytest.mark.parametrize("backend", [p for p in cpu_backend_params() if p.id != "reference"])
-def test_opcheck_foreach_ops(backend):
-    op, state_op = _foreach_op(backend)
-    zs, gs, vs = _list(MIXED[:4])
-    scalars = (0.05, 0.9, 1e-3, 0.7, True, True, True)
-    seed, offset = rng.to_int64(2**63 + 5), rng.to_int64(2**32 - 1)
-    torch.library.opcheck(op, (zs, gs, vs, 3, *scalars, seed, offset))
-    torch.library.opcheck(state_op, (zs, gs, vs, lpc_fast.make_rng_state(7, 9, 2), *scalars))
 
 
 @pytest.mark.parametrize("backend", cpu_backend_params())
