@@ -103,6 +103,20 @@ def _fake_bwd(*, z: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor]
     )
 
 
+def _fake_foreach(
+    *, zs: list[torch.Tensor], grads: list[torch.Tensor], vs: list[torch.Tensor], **_: Any
+) -> None:
+    # Meta tensors reach this kernel even mixed with real ones: check what the real kernels check
+    # about the lists' lengths and devices, so such a call fails instead of doing nothing.
+    for name, xs in (("grads", grads), ("vs", vs)):
+        if len(xs) != len(zs):
+            raise ValueError(f"{name} must hold one tensor per tensor of zs ({len(zs)}), got {len(xs)}")
+    for name, xs in (("zs", zs), ("grads", grads), ("vs", vs)):
+        for i, x in enumerate(xs):
+            if x.device != zs[0].device:
+                raise ValueError(f"{name}[{i}] must be on zs[0]'s device ({zs[0].device}), got {x.device}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Autograd of the functional step: d(z_new) / d(z, grad) by the backend's own backward op
 # --------------------------------------------------------------------------------------------------
@@ -169,12 +183,12 @@ OPS: dict[str, OpSpec] = {
     # offset + sum_{j<i} offset_increment(zs[j].numel()) (lpc_fast.rng.foreach_offsets).
     "langevin_step_foreach_": OpSpec(
         f"(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, {_UPDATE}) -> ()",
-        _fake_none,
+        _fake_foreach,
         opaque=True,
     ),
     "langevin_step_foreach_state_": OpSpec(
         f"(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, Tensor(c!) state, {_HYPER}) -> ()",
-        _fake_none,
+        _fake_foreach,
         opaque=True,
     ),
     "philox_normal_": OpSpec("(Tensor(a!) out, SymInt seed, SymInt offset) -> ()", _fake_none),

@@ -225,3 +225,21 @@ def test_compiled_foreach_loop_matches_eager_with_at_most_one_recompile(backend)
     for a, b in zip(z_c + v_c, z_e + v_e):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+
+
+def test_fast_path_keeps_the_named_errors():
+    a, b = _triple(), _triple(3, torch.float64)
+    zs, gs, vs = [a[0], b[0]], [a[1], b[1]], [a[2], b[2]]
+    for _ in range(3):  # checked path, then the key cache, then the memo of the last call
+        lpc_fast.langevin_step_foreach_(zs, gs, vs, **OK)
+    f = lpc_fast.langevin_step_foreach_
+    with pytest.raises(ValueError, match=r"vs\[1\] must have the shape of zs\[1\] \(3,\), got \(4,\)"):
+        f(zs, gs, [vs[0], vs[0]], **OK)
+    with pytest.raises(TypeError, match=r"grads\[1\] must have the dtype of zs\[1\]"):
+        f(zs, [gs[0], gs[1].float()], vs, **OK)
+    with pytest.raises(ValueError, match=r"grads must hold one tensor per tensor of zs \(2\), got 1"):
+        f(zs, gs[:1], vs, **OK)
+    with pytest.raises(ValueError, match=r"grads\[0\] must be on zs\[0\]'s device"):
+        f(zs, [gs[0].to("meta"), gs[1]], vs, **OK)
+    with pytest.raises(TypeError, match=r"zs\[1\] must be a torch.Tensor, got list"):
+        f([zs[0], [0.0]], gs, vs, **OK)
