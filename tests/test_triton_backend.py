@@ -412,6 +412,14 @@ def _opcheck_cases():
         "langevin_step_state_": (z, g, v, state, *scal[1:8]),
         "langevin_fwd": (zd, gd, vd, *scal),
         "langevin_bwd": (torch.randn_like(z), torch.randn_like(v), z, g, v, *scal),
+        "langevin_step_foreach_": ([z, zd.detach().clone()], [g, gd.detach()], [v, vd.clone()], *scal),
+        "langevin_step_foreach_state_": (
+            [z, zd.detach().clone()],
+            [g, gd.detach()],
+            [v, vd.clone()],
+            state,
+            *scal[1:8],
+        ),
         "philox_normal_": (torch.empty(5, 7, device=DEVICE), 3, 2**33 + 1),
         "philox_uint32_": (torch.empty(5, 7, dtype=torch.int64, device=DEVICE), -1, 2**40),
     }
