@@ -293,6 +293,7 @@ def register_python_kernels(
     *,
     triton_op: bool = False,
     wrap: Callable[[Any], Any] | None = None,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Define every table op for ``backend`` with the kernels ``kernels.<op>``.
 
@@ -307,6 +308,8 @@ def register_python_kernels(
         Triton kernel they launch) so inductor sees the kernels; else an opaque ``custom_op``.
     wrap : callable, optional
         Passed to the kernels as ``wrap=`` (``torch.library.wrap_triton`` with ``triton_op``).
+    prefix : str, optional
+        Op-name prefix (default: the backend's, :data:`PREFIXES`; tests register other flavours).
 
     Returns
     -------
@@ -320,7 +323,7 @@ def register_python_kernels(
     RuntimeError
         When a registered schema differs from the table (a ``triton_op`` infers it).
     """
-    prefix = PREFIXES[backend]
+    prefix = PREFIXES[backend] if prefix is None else prefix
     missing = [name for name in OPS if not callable(getattr(kernels, name, None))]
     if missing:
         raise NotImplementedError(
