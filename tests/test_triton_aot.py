@@ -287,6 +287,10 @@ def compiled(tmp_path_factory) -> dict:
 
 
 def test_variants_cover_every_kernel():
+    from lpc_fast.triton import kernels
+
+    defined = {name for name in vars(kernels) if name.endswith("_kernel") and not name.startswith("_")}
+    assert defined == set(KERNELS), "a kernel is missing from VARIANTS / INT_FLAGS here"
     assert {spec["kernel"] for spec in VARIANTS.values()} == set(KERNELS) == set(INT_FLAGS)
     # Every integer argument of every kernel is compiled as the constant 1, as i32 and as i64.
     for kernel in KERNELS:
@@ -295,7 +299,6 @@ def test_variants_cover_every_kernel():
         }
         ints = next(spec["ints"] for spec in VARIANTS.values() if spec["kernel"] == kernel)
         assert {"i32", "i64", *(f"{a}=1" for a in ints)} <= labels, kernel
-    from lpc_fast.triton import kernels
 
     for spec in VARIANTS.values():
         fn = getattr(kernels, spec["kernel"])
