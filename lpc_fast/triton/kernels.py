@@ -17,7 +17,12 @@ two uint32 words used here. Calling ``tl.philox`` with uint32 words yields the
 same stream on every release.
 
 Seeds, offsets and steps arrive as int64 scalars (the bits of the unsigned
-64-bit values). They are split into uint32 words with signed shifts and masks,
+64-bit values), or as int32 when they fit, or as the compile-time constant 1:
+Triton's launcher turns an integer argument equal to 1 into a ``constexpr``, and
+so does the code ``torch.compile`` generates, whatever ``do_not_specialize`` says.
+A constant is a Python int in the kernel, without ``.to``, so every integer
+argument goes through ``tl.cast`` (which makes a tensor of a constant) first.
+They are split into uint32 words with signed shifts and masks,
 never with bitcasts: the interpreter stores an int in ``[2**31, 2**32)`` as a
 4-byte value tagged int64, which a bitcast to a 64-bit type rejects (see ``_words``).
 
@@ -42,7 +47,7 @@ def _words(x):
     """uint32 (low, high) words of a uint64 value carried as an int64 scalar."""
     # Through uint64 and back: a no-op on GPUs; under the interpreter it also widens an int
     # stored as 4 bytes but tagged int64 (values in [2**31, 2**32)), which shifts would misread.
-    x = x.to(tl.uint64).to(tl.int64)
+    x = tl.cast(tl.cast(x, tl.int64), tl.uint64).to(tl.int64)
     lo = (x & 0xFFFFFFFF).to(tl.uint32)
     hi = ((x >> 32) & 0xFFFFFFFF).to(tl.uint32)
     return lo, hi
@@ -76,7 +81,7 @@ def _sqrt(x, F64: tl.constexpr):
 def _bias_correction(step, beta, BIAS_CORRECTION: tl.constexpr):
     """``1 / (1 - beta**step)`` in float64 (or 1): computed here so the step may live on the device."""
     if BIAS_CORRECTION:
-        stepf = step.to(tl.int64).to(tl.float64)
+        stepf = tl.cast(step, tl.int64).to(tl.float64)
         return 1.0 / (1.0 - tl.exp(stepf * tl.log(beta)))
     else:
         return tl.cast(1.0, tl.float64)
@@ -217,7 +222,7 @@ def advance_state_kernel(state_ptr, increment):
     offset = tl.load(state_ptr + 1)
     step = tl.load(state_ptr + 2)
     # Unsigned arithmetic: the offset wraps modulo 2**64 like the counter words do.
-    new_offset = offset.to(tl.uint64) + increment.to(tl.int64).to(tl.uint64)
+    new_offset = offset.to(tl.uint64) + tl.cast(increment, tl.int64).to(tl.uint64)
     tl.store(state_ptr + 1, new_offset.to(tl.int64))
     tl.store(state_ptr + 2, step + 1)
 
