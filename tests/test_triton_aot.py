@@ -165,6 +165,27 @@ def _flag_variants() -> dict[str, dict]:
         "ints": _RNG_INTS,
         "constexprs": {"BLOCK": 1024},
     }
+    for pc, bc in pc_bc:  # the multi-tensor step: all dtypes in one kernel (a run-time branch)
+        for pg in (True, False):
+            for use_state in (False, True):
+                const = {
+                    "BLOCK": 1024,
+                    "BIAS_CORRECTION": bc,
+                    "PRECONDITION": pc,
+                    "PRIOR_GRAD": pg,
+                    "USE_STATE": use_state,
+                }
+                out[f"foreach-{_tag(const)}"] = {
+                    "kernel": "langevin_foreach_kernel",
+                    "signature": {
+                        "tensors_ptr": "*i64",
+                        "programs_ptr": "*i64",
+                        "state_ptr": "*i64",
+                        **floats,
+                    },
+                    "ints": ("seed", "offset", "step"),
+                    "constexprs": const,
+                }
     out["advance-state"] = {
         "kernel": "advance_state_kernel",
         "signature": {"state_ptr": "*i64"},
@@ -183,6 +204,7 @@ INT_FLAGS = {
     "philox_normal_kernel": (),
     "philox_uint32_kernel": (),
     "advance_state_kernel": (),
+    "langevin_foreach_kernel": ("USE_STATE", "BIAS_CORRECTION"),
 }
 
 
@@ -207,6 +229,7 @@ KERNELS = (
     "philox_normal_kernel",
     "philox_uint32_kernel",
     "advance_state_kernel",
+    "langevin_foreach_kernel",
 )
 
 _SCRIPT = textwrap.dedent(

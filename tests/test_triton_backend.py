@@ -402,6 +402,11 @@ def _run_every_launcher(device):
     launch.langevin_bwd(torch.ones_like(z), torch.ones_like(v), z, g, v, *scal)
     launch.philox_normal_(torch.empty(7, device=device), 1, 1)
     launch.philox_uint32_(torch.empty(7, dtype=torch.int64, device=device), 1, 1)
+    z2, g2, v2 = make_inputs((4,), torch.float64, True, seed=11)
+    launch.langevin_step_foreach_([z, z2], [g, g2], [v, v2], *scal)
+    launch.langevin_step_foreach_state_(
+        [z, z2], [g, g2], [v, v2], torch.tensor([1, 2, 3], device=device), *scal[1:8]
+    )
 
 
 def test_every_launch_runs_inside_the_guard_of_the_tensors_device(monkeypatch):
@@ -436,7 +441,7 @@ def test_every_launch_runs_inside_the_guard_of_the_tensors_device(monkeypatch):
 
     monkeypatch.setattr(launch, "_device_guard", Guard)
     names = ["langevin_fwd_kernel", "langevin_bwd_kernel", "advance_state_kernel"]
-    names += ["philox_normal_kernel", "philox_uint32_kernel"]
+    names += ["philox_normal_kernel", "philox_uint32_kernel", "langevin_foreach_kernel"]
     for name in names:
         monkeypatch.setattr(launch.kernels, name, Kernel(name, getattr(launch.kernels, name)))
     _run_every_launcher(DEVICE)
