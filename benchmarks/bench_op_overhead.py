@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_op_overhead.py [--n 1024] [--tensors 3] [--reps 2000] [--rounds 21]
-                                           [--backend cpu]
+                                           [--backend cpu] [--grad]
 
 Times, interleaved round by round so that machine noise hits all providers alike:
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--backend", default="cpu", choices=["cpu", "triton"])
+    parser.add_argument("--grad", action="store_true", help="call with grad mode on (default: no_grad)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     get_backend(args.backend).availability()  # loads the ops
@@ -67,7 +68,7 @@ def main() -> None:
         "foreach_public": lambda: lpc_fast.langevin_step_foreach_(zs, gs, vs, backend=backend, **kw),
         "foreach_raw": lambda: raw_fe(zs, gs, vs, *scalars),
     }
-    with torch.no_grad():
+    with torch.set_grad_enabled(args.grad):
         for fn in providers.values():  # warm-up (caches, first dispatch)
             _per_call_us(fn, 50)
         times: dict[str, list[float]] = {name: [] for name in providers}

@@ -345,7 +345,8 @@ def langevin_step_(
         args = (z, grad, v, step, *hyper, seed - _2_64 if seed > _I64 else seed)
         args += (offset - _2_64 if offset > _I64 else offset,)
         try:
-            if _grad_enabled():
+            # no_grad (about a microsecond) only matters for tensors that require grad.
+            if _grad_enabled() and (z.requires_grad or grad.requires_grad or v.requires_grad):
                 with torch.no_grad():
                     op(*args)
             else:

@@ -177,6 +177,11 @@ def test_fast_path_keeps_the_named_errors_and_the_selection_rules(monkeypatch):
         lpc_fast.langevin_step_(z, g, v, **{**OK, "offset": 2**64})
     with pytest.raises(TypeError, match=r"precondition must be a bool"):
         lpc_fast.langevin_step_(z, g, v, precondition=1, **OK)
+    # A latent that requires grad (nn.Parameter) is updated under grad mode without a graph.
+    p = torch.nn.Parameter(torch.zeros(8))
+    for _ in range(2):
+        lpc_fast.langevin_step_(p, g, v, **OK)
+    assert p.grad_fn is None and p.requires_grad and not torch.equal(p.detach(), torch.zeros(8))
     # The environment variable and the context still take effect at once.
     monkeypatch.setenv("LPC_FAST_BACKEND", "cuda")
     with pytest.raises(BackendUnavailableError, match=r"LPC_FAST_BACKEND=cuda"):
