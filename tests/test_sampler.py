@@ -135,17 +135,19 @@ def test_zero_temperature_is_deterministic_gradient_descent():
 def test_freeze_keeps_the_bias_corrected_preconditioner():
     z = torch.zeros(50, 4)
     beta, n = 0.9, 5
-    sampler = LangevinSampler([z], step_size=0.01, beta=beta, freeze_preconditioner_after=n)
+    sampler = LangevinSampler(
+        [z], step_size=0.01, mode="preconditioned", beta=beta, freeze_preconditioner_after=n
+    )
     closure = gaussian_closure(z, 1.0, 1.0)
     for _ in range(n):
         sampler.step(closure)
-    v_hat = sampler.state[0]["v"] / (1 - beta**n)
+    v_hat = sampler.state[z]["v"] / (1 - beta**n)
     p_expected = 1.0 / (1e-3 + torch.sqrt(v_hat))
     torch.testing.assert_close(sampler.preconditioner(z), p_expected)
     for _ in range(4):
         sampler.step(closure)
-    assert sampler.state[0]["frozen"]
-    torch.testing.assert_close(sampler.state[0]["v"], v_hat)
+    assert sampler.state[z]["frozen"]
+    torch.testing.assert_close(sampler.state[z]["v"], v_hat)
     torch.testing.assert_close(sampler.preconditioner(0), p_expected)
 
 
@@ -157,7 +159,7 @@ def test_reset_restarts_the_chain_state_but_not_the_noise():
     first = z.clone()
     offset = sampler.offset
     sampler.reset()
-    assert sampler.state[0]["step"] == 0 and torch.count_nonzero(sampler.state[0]["v"]) == 0
+    assert sampler.state[z]["step"] == 0 and torch.count_nonzero(sampler.state[z]["v"]) == 0
     assert sampler.offset == offset
     z.zero_()
     sampler.step(closure)
@@ -234,7 +236,7 @@ def test_state_dict_round_trip_continues_bit_identically(kwargs):
         resumed.step(gaussian_closure(z2, 0.5, 0.8))
     assert torch.equal(z, z2)
     assert resumed.offset == sampler.offset
-    assert torch.equal(resumed.state[0]["v"], sampler.state[0]["v"])
+    assert torch.equal(resumed.state[z2]["v"], sampler.state[z]["v"])
     if kwargs["mode"] == "mala":
         assert resumed.diagnostics.accepted == sampler.diagnostics.accepted
         assert resumed.step_scale() == sampler.step_scale()
@@ -282,7 +284,7 @@ def test_mala_removes_the_discretisation_bias():
     """a = 1.5: ULA's stationary variance would be 4 sigma^2; MALA's must be sigma^2 (2 checks)."""
     mu, sigma = 1.5, 0.7
     z = torch.zeros(20_000, 1)
-    sampler = LangevinSampler([z], step_size=1.5 * sigma**2, mode="mala", seed=77)
+    sampler = LangevinSampler([z], step_size=1.5 * sigma**2, mode="mala", seed=77, record_diagnostics=True)
     closure = gaussian_closure(z, mu, sigma)
     for _ in range(300):
         sampler.step(closure)
