@@ -391,3 +391,18 @@ def test_the_plan_is_rebuilt_only_when_something_changes(monkeypatch):
     sampler.reset()
     sampler.step()
     assert len(builds) == 3
+
+
+def test_the_lpc_trainer_asks_for_its_sampler_settings_explicitly():
+    """The trainer's documented chain (preconditioned unless --no-precondition, its own seed and offset)
+    does not depend on the sampler's defaults."""
+    from lpc_fast.train.config import TrainConfig
+    from lpc_fast.train.lpc import make_sampler
+
+    z = torch.zeros(4, 3, requires_grad=True)
+    for precondition, mode in ((True, "preconditioned"), (False, "ula")):
+        config = TrainConfig(precondition=precondition)
+        sampler = make_sampler(z, config, seed=5, offset=7)
+        assert (sampler.mode, sampler.seed, sampler.offset) == (mode, 5, 7)
+        assert not sampler.record_diagnostics
+        assert sampler.param_groups[0]["lr"] == config.langevin_step_size
