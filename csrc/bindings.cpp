@@ -29,6 +29,14 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
                                                 bool prior_grad, int64_t seed, int64_t offset);
+void langevin_step_foreach_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
+                            int64_t step, double step_size, double beta, double eps,
+                            double temperature, bool bias_correction, bool precondition,
+                            bool prior_grad, int64_t seed, int64_t offset);
+void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
+                                  at::Tensor state, double step_size, double beta, double eps,
+                                  double temperature, bool bias_correction, bool precondition,
+                                  bool prior_grad);
 void philox_normal_(at::Tensor out, int64_t seed, int64_t offset);
 void philox_uint32_(at::Tensor out, int64_t seed, int64_t offset);
 std::string simd_level();
@@ -76,6 +84,14 @@ TORCH_LIBRARY(lpc_fast, m) {
       "SymInt step, float step_size, float beta, float eps, float temperature, "
       "bool bias_correction, bool precondition, bool prior_grad, SymInt seed, SymInt offset) "
       "-> (Tensor grad_z, Tensor grad_grad)");
+  m.def(
+      "langevin_step_foreach_(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, SymInt step, "
+      "float step_size, float beta, float eps, float temperature, bool bias_correction, "
+      "bool precondition, bool prior_grad, SymInt seed, SymInt offset) -> ()");
+  m.def(
+      "langevin_step_foreach_state_(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, "
+      "Tensor(c!) state, float step_size, float beta, float eps, float temperature, "
+      "bool bias_correction, bool precondition, bool prior_grad) -> ()");
   m.def("philox_normal_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
   m.def("philox_uint32_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
 }
@@ -85,6 +101,8 @@ TORCH_LIBRARY_IMPL(lpc_fast, CPU, m) {
   m.impl("langevin_step_state_", &lpc_fast::cpu::langevin_step_state_);
   m.impl("langevin_fwd", &lpc_fast::cpu::langevin_fwd);
   m.impl("langevin_bwd", &lpc_fast::cpu::langevin_bwd);
+  m.impl("langevin_step_foreach_", &lpc_fast::cpu::langevin_step_foreach_);
+  m.impl("langevin_step_foreach_state_", &lpc_fast::cpu::langevin_step_foreach_state_);
   m.impl("philox_normal_", &lpc_fast::cpu::philox_normal_);
   m.impl("philox_uint32_", &lpc_fast::cpu::philox_uint32_);
 }

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "langevin_math.h"
 #include "philox.h"
@@ -690,6 +691,104 @@ void step_inplace_impl(const at::Tensor& z, const at::Tensor& grad, const at::Te
   if (precondition && !vc.is_same(v)) v.copy_(vc);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Multi-tensor step: every tensor's blocks in one at::parallel_for region. Tensor t draws its
+// noise at offset + sum_{j<t} philox_offset_increment(n_j) (lpc_fast.rng.foreach_offsets), and a
+// block's result depends only on its index within its tensor, so the result is bit-identical to
+// one single-tensor call per tensor in that order.
+
+// "z" -> "zs[3]": the name of an element of the op's list arguments.
+std::string list_item(const char* name, size_t i) {
+  return std::string(name) + "s[" + std::to_string(i) + "]";
+}
+
+void check_foreach_inputs(at::TensorList zs, at::TensorList grads, at::TensorList vs) {
+  TORCH_CHECK(grads.size() == zs.size(), "lpc_fast: grads must hold one tensor per tensor of zs (",
+              zs.size(), "), got ", grads.size());
+  TORCH_CHECK(vs.size() == zs.size(), "lpc_fast: vs must hold one tensor per tensor of zs (",
+              zs.size(), "), got ", vs.size());
+  for (size_t i = 0; i < zs.size(); ++i) {
+    const std::string z = list_item("z", i), g = list_item("grad", i), v = list_item("v", i);
+    check_cpu(zs[i], z.c_str());
+    check_cpu(grads[i], g.c_str());
+    check_cpu(vs[i], v.c_str());
+    TORCH_CHECK(is_supported_dtype(zs[i].scalar_type()), "lpc_fast: ", z,
+                " must be float16, bfloat16, float32 or float64, got ", zs[i].scalar_type());
+    TORCH_CHECK(grads[i].scalar_type() == zs[i].scalar_type(), "lpc_fast: ", g, " must have ", z,
+                "'s dtype (", zs[i].scalar_type(), "), got ", grads[i].scalar_type());
+    TORCH_CHECK(vs[i].scalar_type() == at::kFloat, "lpc_fast: ", v, " must be float32, got ",
+                vs[i].scalar_type());
+    TORCH_CHECK(grads[i].sizes() == zs[i].sizes(), "lpc_fast: ", g, " must have ", z, "'s shape ",
+                zs[i].sizes(), ", got ", grads[i].sizes());
+    TORCH_CHECK(vs[i].sizes() == zs[i].sizes(), "lpc_fast: ", v, " must have ", z, "'s shape ",
+                zs[i].sizes(), ", got ", vs[i].sizes());
+  }
+}
+
+// Returns the counters consumed (the sum of the tensors' increments).
+uint64_t step_foreach_impl(at::TensorList zs, at::TensorList grads, at::TensorList vs, int64_t step,
+                           double step_size, double beta, double eps, double temperature,
+                           bool bias_correction, bool precondition, bool prior_grad, uint64_t seed,
+                           uint64_t offset) {
+  check_foreach_inputs(zs, grads, vs);
+  const double c = checked_bias_corr(beta, step, bias_correction, precondition);
+  const size_t count = zs.size();
+  std::vector<at::Tensor> zc, vc, gc;
+  std::vector<StepArgs> args;
+  std::vector<size_t> index;         // tensor of args[k]
+  std::vector<int64_t> first_block;  // first global block of args[k]; one extra entry at the end
+  zc.reserve(count);
+  vc.reserve(count);
+  gc.reserve(count);
+  args.reserve(count);
+  index.reserve(count);
+  first_block.reserve(count + 1);
+  uint64_t consumed = 0;
+  int64_t blocks = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const int64_t n = zs[i].numel();
+    const uint64_t tensor_offset = offset + consumed;  // wraps modulo 2^64 like the counters
+    consumed += philox_offset_increment(n);
+    if (n == 0) continue;
+    zc.push_back(zs[i].contiguous());
+    gc.push_back(grads[i].contiguous());
+    vc.push_back(vs[i].contiguous());
+    args.push_back(StepArgs{zs[i].scalar_type(), n, zc.back().const_data_ptr(),
+                            gc.back().const_data_ptr(), vc.back().const_data_ptr<float>(),
+                            zc.back().mutable_data_ptr(), vc.back().mutable_data_ptr<float>(),
+                            step_size, beta, eps, temperature, c, precondition, prior_grad,
+                            temperature != 0.0, seed, tensor_offset});
+    index.push_back(i);
+    first_block.push_back(blocks);
+    blocks += (n + kBlock - 1) / kBlock;
+  }
+  first_block.push_back(blocks);
+  if (blocks == 0) return consumed;
+  RangeFn<StepArgs> fn = forward_baseline;
+#if LPC_X86
+  const int level = active_level().load();
+  if (level == kAvx512) fn = forward_avx512;
+  if (level == kAvx2) fn = forward_avx2;
+#endif
+  at::parallel_for(0, blocks, kGrainBlocks, [&](int64_t b0, int64_t b1) {
+    // The tensor holding global block b0, then one call per tensor the range touches.
+    size_t k =
+        std::upper_bound(first_block.begin(), first_block.end(), b0) - first_block.begin() - 1;
+    while (b0 < b1) {
+      const int64_t end = std::min(b1, first_block[k + 1]);
+      fn(args[k], b0 - first_block[k], end - first_block[k]);
+      b0 = end;
+      ++k;
+    }
+  });
+  for (size_t k = 0; k < args.size(); ++k) {
+    const size_t i = index[k];
+    if (!zc[k].is_same(zs[i])) zs[i].copy_(zc[k]);
+    if (precondition && !vc[k].is_same(vs[i])) vs[i].copy_(vc[k]);
+  }
+  return consumed;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -724,6 +823,35 @@ void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at
                       precondition, prior_grad, seed, offset);
   }
   s[1] = static_cast<int64_t>(offset + philox_offset_increment(z.numel()));
+  s[2] = step + 1;
+}
+
+void langevin_step_foreach_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
+                            int64_t step, double step_size, double beta, double eps,
+                            double temperature, bool bias_correction, bool precondition,
+                            bool prior_grad, int64_t seed, int64_t offset) {
+  step_foreach_impl(zs, grads, vs, step, step_size, beta, eps, temperature, bias_correction,
+                    precondition, prior_grad, as_u64(seed), as_u64(offset));
+}
+
+void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
+                                  at::Tensor state, double step_size, double beta, double eps,
+                                  double temperature, bool bias_correction, bool precondition,
+                                  bool prior_grad) {
+  check_cpu(state, "state");
+  TORCH_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
+              state.scalar_type());
+  TORCH_CHECK(state.dim() == 1 && state.size(0) == 3,
+              "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
+              state.sizes());
+  auto s = state.accessor<int64_t, 1>();
+  const uint64_t offset = as_u64(s[1]);
+  const int64_t step = s[2];
+  // One call is one step, even for empty lists or tensors (offset += 0, step += 1).
+  const uint64_t consumed =
+      step_foreach_impl(zs, grads, vs, step, step_size, beta, eps, temperature, bias_correction,
+                        precondition, prior_grad, as_u64(s[0]), offset);
+  s[1] = static_cast<int64_t>(offset + consumed);
   s[2] = step + 1;
 }
 

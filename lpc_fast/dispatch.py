@@ -100,6 +100,27 @@ class _Backend:
             return f"it runs on {', '.join(self.devices)} tensors, not {device.type}"
         return None
 
+    # Multi-tensor step. This generic version loops over the single-tensor step with the
+    # offsets of rng.foreach_offsets (the reference uses it; the kernel backends override it with
+    # their one-launch dispatcher ops).
+    def step_foreach_(self, zs, grads, vs, *, step, seed, offset, **hyper) -> None:
+        offsets, _ = rng.foreach_offsets(offset, [z.numel() for z in zs])
+        for z, g, v, off in zip(zs, grads, vs, offsets):
+            if z.numel():
+                self.step_(z, g, v, step=step, seed=seed, offset=_carrier(off), **hyper)
+
+    def step_foreach_state_(self, zs, grads, vs, state, **hyper) -> None:
+        seed, offset, step = (int(x) for x in state.tolist())
+        self.step_foreach_(zs, grads, vs, step=step, seed=seed, offset=offset, **hyper)
+        _, total = rng.foreach_offsets(offset, [z.numel() for z in zs])
+        advanced = [seed, rng.to_int64((rng.to_uint64(offset) + total) & rng.UINT64_MAX), step + 1]
+        state.copy_(torch.tensor(advanced, dtype=torch.int64))
+
+
+def _carrier(offset):
+    """The int64 carrier of an unsigned offset (a SymInt under torch.compile passes through)."""
+    return rng.to_int64(offset) if isinstance(offset, int) else offset
+
 
 class ReferenceBackend(_Backend):
     """Plain PyTorch: slow, any device, the oracle every kernel is tested against."""
@@ -216,6 +237,12 @@ class _DispatcherBackend(_Backend):
 
     def step_state_(self, z, grad, v, state, **hyper) -> None:
         self._op("langevin_step_state_")(z, grad, v, state, *self._hyper(hyper))
+
+    def step_foreach_(self, zs, grads, vs, *, step, seed, offset, **hyper) -> None:
+        self._op("langevin_step_foreach_")(zs, grads, vs, step, *self._hyper(hyper), seed, offset)
+
+    def step_foreach_state_(self, zs, grads, vs, state, **hyper) -> None:
+        self._op("langevin_step_foreach_state_")(zs, grads, vs, state, *self._hyper(hyper))
 
     def forward(self, z, grad, v, *, step, seed, offset, **hyper):
         return self._op("langevin_fwd")(z, grad, v, step, *self._hyper(hyper), seed, offset)

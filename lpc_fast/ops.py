@@ -17,6 +17,7 @@ from .dispatch import _BACKENDS, get_backend, select_backend
 __all__ = [
     "SUPPORTED_DTYPES",
     "langevin_step_",
+    "langevin_step_foreach_",
     "langevin_step",
     "philox_normal",
     "make_rng_state",
@@ -66,24 +67,45 @@ def _as_int64(x):
     return rng.to_int64(x) if isinstance(x, int) else x
 
 
-def _check_tensors(z, grad, v) -> None:
-    _check_tensor("z", z)
-    _check_tensor("grad", grad)
-    _check_tensor("v", v)
+def _check_tensors(z, grad, v, names: tuple[str, str, str] = ("z", "grad", "v")) -> None:
+    zn, gn, vn = names
+    _check_tensor(zn, z)
+    _check_tensor(gn, grad)
+    _check_tensor(vn, v)
     if z.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"z must have dtype float16, bfloat16, float32 or float64, got {z.dtype}")
+        raise TypeError(f"{zn} must have dtype float16, bfloat16, float32 or float64, got {z.dtype}")
     if grad.dtype != z.dtype:
-        raise TypeError(f"grad must have the dtype of z ({z.dtype}), got {grad.dtype}")
+        raise TypeError(f"{gn} must have the dtype of {zn} ({z.dtype}), got {grad.dtype}")
     if v.dtype != torch.float32:
-        raise TypeError(f"v (the preconditioner state) must be float32 whatever z's dtype, got {v.dtype}")
+        raise TypeError(
+            f"{vn} (the preconditioner state) must be float32 whatever {zn}'s dtype, got {v.dtype}"
+        )
     if grad.shape != z.shape:
-        raise ValueError(f"grad must have the shape of z {tuple(z.shape)}, got {tuple(grad.shape)}")
+        raise ValueError(f"{gn} must have the shape of {zn} {tuple(z.shape)}, got {tuple(grad.shape)}")
     if v.shape != z.shape:
-        raise ValueError(f"v must have the shape of z {tuple(z.shape)}, got {tuple(v.shape)}")
+        raise ValueError(f"{vn} must have the shape of {zn} {tuple(z.shape)}, got {tuple(v.shape)}")
     if grad.device != z.device:
-        raise ValueError(f"grad must be on z's device ({z.device}), got {grad.device}")
+        raise ValueError(f"{gn} must be on {zn}'s device ({z.device}), got {grad.device}")
     if v.device != z.device:
-        raise ValueError(f"v must be on z's device ({z.device}), got {v.device}")
+        raise ValueError(f"{vn} must be on {zn}'s device ({z.device}), got {v.device}")
+
+
+def _check_tensor_lists(zs, grads, vs) -> None:
+    """The foreach op's lists: same length, each triple as the single op wants it, one device."""
+    for name, xs in (("zs", zs), ("grads", grads), ("vs", vs)):
+        if not isinstance(xs, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of tensors, got {type(xs).__name__}")
+    if len(grads) != len(zs):
+        raise ValueError(f"grads must hold one tensor per tensor of zs ({len(zs)}), got {len(grads)}")
+    if len(vs) != len(zs):
+        raise ValueError(f"vs must hold one tensor per tensor of zs ({len(zs)}), got {len(vs)}")
+    device = None
+    for i, (z, g, v) in enumerate(zip(zs, grads, vs)):
+        _check_tensors(z, g, v, (f"zs[{i}]", f"grads[{i}]", f"vs[{i}]"))
+        if device is None:
+            device = z.device
+        elif z.device != device:
+            raise ValueError(f"zs[{i}] must be on zs[0]'s device ({device}), got {z.device}")
 
 
 def _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad) -> dict:
@@ -132,15 +154,15 @@ def _check_step(step) -> None:
         raise ValueError(f"step must be >= 1 (the 1-based inner-step index), got {step}")
 
 
-def _check_rng_state(rng_state: torch.Tensor, z: torch.Tensor) -> None:
+def _check_rng_state(rng_state: torch.Tensor, z: torch.Tensor | None, zname: str = "z") -> None:
     _check_tensor("rng_state", rng_state)
     if rng_state.dtype != torch.int64 or tuple(rng_state.shape) != (3,):
         raise ValueError(
             "rng_state must be an int64 tensor of shape (3,) holding [seed, offset, step] "
             f"(see lpc_fast.make_rng_state), got {rng_state.dtype} of shape {tuple(rng_state.shape)}"
         )
-    if rng_state.device != z.device:
-        raise ValueError(f"rng_state must be on z's device ({z.device}), got {rng_state.device}")
+    if z is not None and rng_state.device != z.device:
+        raise ValueError(f"rng_state must be on {zname}'s device ({z.device}), got {rng_state.device}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +255,100 @@ def langevin_step_(
             chosen.step_(z, grad, v, step=step, seed=_as_int64(seed), offset=_as_int64(offset), **hyper)
     else:
         chosen.step_(z, grad, v, step=step, seed=_as_int64(seed), offset=_as_int64(offset), **hyper)
+
+
+def langevin_step_foreach_(
+    zs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    *,
+    step: int | None = None,
+    step_size: float,
+    beta: float = 0.99,
+    eps: float = 1e-3,
+    temperature: float = 1.0,
+    bias_correction: bool = True,
+    precondition: bool = True,
+    prior_grad: bool = False,
+    seed: int | None = None,
+    offset: int | None = None,
+    rng_state: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> None:
+    """:func:`langevin_step_` on every tensor of a list, in one kernel launch per backend.
+
+    Tensor ``i`` draws its noise at ``offset + sum_{j<i} offset_increment(zs[j].numel())``
+    (:func:`lpc_fast.rng.foreach_offsets`), so the result is bit-identical to calling
+    :func:`langevin_step_` on each tensor in order with ``offset`` advanced after each call.
+
+    Parameters
+    ----------
+    zs : list of Tensor
+        Latents of any shapes; float16 / bfloat16 / float32 / float64 (dtypes may differ
+        between tensors), all on one device; updated in place.
+    grads : list of Tensor
+        ``grads[i]`` is ``dE/dzs[i]``, with ``zs[i]``'s shape and dtype.
+    vs : list of Tensor
+        float32 second-moment states, ``vs[i]`` of ``zs[i]``'s shape; updated in place (untouched
+        if ``precondition=False``).
+    step, step_size, beta, eps, temperature, bias_correction, precondition, prior_grad
+        As in :func:`langevin_step_`, shared by all tensors.
+    seed, offset : int
+        Unsigned 64-bit noise key and the first tensor's counter; advance ``offset`` by
+        ``lpc_fast.rng.foreach_offsets(offset, numels)[1]`` after each call.
+    rng_state : Tensor, optional
+        Capturable mode: an int64 ``[seed, offset, step]`` tensor on the tensors' device that the
+        kernel reads and advances itself (``offset`` by the sum of the tensors' increments,
+        ``step`` by 1, also for empty lists). Excludes ``step``, ``seed`` and ``offset``.
+    backend : str, optional
+        ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"``; default: see :mod:`lpc_fast.dispatch`.
+    """
+    _check_tensor_lists(zs, grads, vs)
+    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    z0 = zs[0] if len(zs) else None
+    if rng_state is not None:
+        if step is not None or seed is not None or offset is not None:
+            raise ValueError("pass either rng_state or (step, seed, offset), not both")
+        _check_rng_state(rng_state, z0, "zs[0]")
+        chosen = select_backend(rng_state.device, backend)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                chosen.step_foreach_state_(list(zs), list(grads), list(vs), rng_state, **hyper)
+        else:
+            chosen.step_foreach_state_(list(zs), list(grads), list(vs), rng_state, **hyper)
+        return
+    if step is None or seed is None or offset is None:
+        missing = [n for n, x in (("step", step), ("seed", seed), ("offset", offset)) if x is None]
+        raise TypeError(f"langevin_step_foreach_ needs {', '.join(missing)} (or rng_state=)")
+    _check_step(step)
+    _check_u64("seed", seed)
+    _check_u64("offset", offset)
+    if z0 is None:
+        if backend is not None:
+            get_backend(backend)  # an unknown name is an error even with nothing to update
+        return
+    chosen = select_backend(z0.device, backend)
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            chosen.step_foreach_(
+                list(zs),
+                list(grads),
+                list(vs),
+                step=step,
+                seed=_as_int64(seed),
+                offset=_as_int64(offset),
+                **hyper,
+            )
+    else:
+        chosen.step_foreach_(
+            list(zs),
+            list(grads),
+            list(vs),
+            step=step,
+            seed=_as_int64(seed),
+            offset=_as_int64(offset),
+            **hyper,
+        )
 
 
 def langevin_step(
@@ -458,6 +574,8 @@ def register_dispatcher_ops(prefix: str) -> None:
         "langevin_bwd": _fake_bwd,
         "langevin_step_": _fake_void,
         "langevin_step_state_": _fake_void,
+        "langevin_step_foreach_": _fake_void,
+        "langevin_step_foreach_state_": _fake_void,
         "philox_normal_": _fake_void,
         "philox_uint32_": _fake_void,
     }

@@ -37,6 +37,7 @@ __all__ = [
     "TWO_PI_F32",
     "UINT64_MAX",
     "offset_increment",
+    "foreach_offsets",
     "to_int64",
     "to_uint64",
     "philox4x32",
@@ -65,6 +66,36 @@ _MASK32 = 0xFFFFFFFF
 def offset_increment(numel: int) -> int:
     """Counters one call consumes: ``ceil(numel / 4)``."""
     return (int(numel) + 3) // 4
+
+
+def foreach_offsets(offset: int, numels) -> tuple[list[int], int]:
+    """Noise offsets of a multi-tensor step, and the total it consumes.
+
+    Tensor ``i`` of a foreach step starting at ``offset`` uses
+    ``offset + sum_{j<i} offset_increment(numels[j])`` (modulo ``2**64``), exactly the
+    offsets of calling the single-tensor step on each tensor in order.
+
+    Parameters
+    ----------
+    offset : int
+        Counter of the first tensor: an unsigned 64-bit value or its int64 carrier
+        (:func:`to_int64`); a ``SymInt`` under ``torch.compile`` is added without wrapping.
+    numels : iterable of int
+        Element counts of the tensors, in order.
+
+    Returns
+    -------
+    (offsets, total) : tuple of (list of int, int)
+        The unsigned offset of each tensor and the sum of their increments (what the
+        caller adds to ``offset`` for the next step).
+    """
+    offsets = []
+    total = 0
+    wrap = isinstance(offset, int)
+    for n in numels:
+        offsets.append((offset + total) & UINT64_MAX if wrap else offset + total)
+        total += offset_increment(n)
+    return offsets, total
 
 
 def to_int64(value: int) -> int:

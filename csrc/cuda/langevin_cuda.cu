@@ -345,6 +345,88 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Multi-tensor step: a table of tensors and of (tensor, chunk) blocks passed by value.
+// ---------------------------------------------------------------------------------------------
+
+struct ForeachTable {
+  void* z[kForeachMaxTensors];
+  const void* grad[kForeachMaxTensors];
+  float* v[kForeachMaxTensors];
+  int64_t n[kForeachMaxTensors];
+  uint64_t rel_offset[kForeachMaxTensors];  // counters before this tensor in the whole list
+  int kind[kForeachMaxTensors];
+  bool vec[kForeachMaxTensors];
+  unsigned char block_tensor[kForeachMaxBlocks];
+  int block_chunk[kForeachMaxBlocks];  // chunk of kForeachChunk elements within the tensor
+};
+static_assert(sizeof(ForeachTable) + sizeof(StepArgs) < 4000, "kernel arguments must fit 4 KB");
+static_assert(kForeachChunk % 8 == 0, "a chunk must start on a whole sub-chunk of every dtype");
+
+// One chunk of one tensor: step_kernel's loop body over the sub-chunks of the chunk, with element
+// indices relative to the tensor (so the noise counters are the single-tensor kernel's).
+template <typename S, bool kPrecondition, bool kPriorGrad>
+__device__ __forceinline__ void foreach_chunk(const ForeachTable& t, int row,
+                                              const StepArgs& args) {
+  using C = typename Compute<S>::type;
+  constexpr int N = Chunk<S>::kEpt;
+  uint64_t seed, offset;
+  const StepCoeffs<C> k = resolve<C>(args, seed, offset);
+  offset += t.rel_offset[row];  // wraps modulo 2^64 like the counters
+  S* z = static_cast<S*>(t.z[row]);
+  const S* grad = static_cast<const S*>(t.grad[row]);
+  float* v = t.v[row];
+  const int64_t n = t.n[row];
+  const bool vec = t.vec[row];
+  const int64_t start = static_cast<int64_t>(t.block_chunk[blockIdx.x]) * kForeachChunk;
+  const int64_t stop = start + kForeachChunk < n ? start + kForeachChunk : n;
+  for (int64_t base = start + static_cast<int64_t>(threadIdx.x) * N; base < stop;
+       base += static_cast<int64_t>(blockDim.x) * N) {
+    const int count = chunk_count(base, n, N);
+    Regs<S, N> zr, gr;
+    Regs<float, N> vr;
+    load_chunk(static_cast<const S*>(z), base, count, vec, zr);
+    load_chunk(grad, base, count, vec, gr);
+    if (kPrecondition) load_chunk(static_cast<const float*>(v), base, count, vec, vr);
+    C noise[N];
+    chunk_noise(args.temperature != 0.0, seed, offset, base, noise);
+    Regs<S, N> zo;
+    Regs<float, N> vo;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      C z_new;
+      float v_new;
+      const float v_in = kPrecondition ? vr.v[e] : 0.0f;
+      langevin_forward<C>(to_compute(zr.v[e]), to_compute(gr.v[e]), v_in, noise[e], k,
+                          kPrecondition, kPriorGrad, z_new, v_new);
+      zo.v[e] = from_compute<S>(z_new);
+      vo.v[e] = v_new;
+    }
+    store_chunk(z, base, count, vec, zo);
+    if (kPrecondition) store_chunk(v, base, count, vec, vo);
+  }
+}
+
+template <bool kPrecondition, bool kPriorGrad>
+__global__ void __launch_bounds__(kThreads)
+    foreach_kernel(const ForeachTable table, StepArgs args) {
+  const int row = table.block_tensor[blockIdx.x];
+  switch (static_cast<ScalarKind>(table.kind[row])) {
+    case ScalarKind::kFloat16:
+      foreach_chunk<__half, kPrecondition, kPriorGrad>(table, row, args);
+      break;
+    case ScalarKind::kBFloat16:
+      foreach_chunk<__nv_bfloat16, kPrecondition, kPriorGrad>(table, row, args);
+      break;
+    case ScalarKind::kFloat32:
+      foreach_chunk<float, kPrecondition, kPriorGrad>(table, row, args);
+      break;
+    case ScalarKind::kFloat64:
+      foreach_chunk<double, kPrecondition, kPriorGrad>(table, row, args);
+      break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Launch helpers
 // ---------------------------------------------------------------------------------------------
 
@@ -497,6 +579,84 @@ cudaError_t launch_step_state_inplace(void* z, const void* grad, float* v, int64
   if (err != cudaSuccess) return err;
   advance_state_kernel<<<1, 1, 0, stream>>>(state, philox_offset_increment(n));
   return cudaGetLastError();
+}
+
+namespace {
+cudaError_t launch_foreach_table(const ForeachTable& table, int blocks, const StepParams& p,
+                                 const StepArgs& args, cudaStream_t stream) {
+  if (p.precondition) {
+    if (p.prior_grad) {
+      foreach_kernel<true, true><<<blocks, kThreads, 0, stream>>>(table, args);
+    } else {
+      foreach_kernel<true, false><<<blocks, kThreads, 0, stream>>>(table, args);
+    }
+  } else if (p.prior_grad) {
+    foreach_kernel<false, true><<<blocks, kThreads, 0, stream>>>(table, args);
+  } else {
+    foreach_kernel<false, false><<<blocks, kThreads, 0, stream>>>(table, args);
+  }
+  return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t launch_step_foreach(const ForeachTensor* tensors, int count, const StepParams& params,
+                                int64_t step, uint64_t seed, uint64_t offset, int64_t* state,
+                                cudaStream_t stream) {
+  const StepArgs args = make_args(params, step, seed, offset, state);
+  ForeachTable table;
+  int rows = 0, blocks = 0;
+  uint64_t rel = 0;
+  for (int i = 0; i < count; ++i) {
+    const ForeachTensor& t = tensors[i];
+    const uint64_t tensor_rel = rel;
+    rel += philox_offset_increment(t.n);
+    if (t.n <= 0) continue;
+    const int64_t chunks = (t.n + kForeachChunk - 1) / kForeachChunk;
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (c == 0 || rows == 0) {
+        // A new row for this tensor (again after a launch emptied the table).
+        table.z[rows] = t.z;
+        table.grad[rows] = t.grad;
+        table.v[rows] = t.v;
+        table.n[rows] = t.n;
+        table.rel_offset[rows] = tensor_rel;
+        table.kind[rows] = static_cast<int>(t.kind);
+        table.vec[rows] = aligned16(t.z) && aligned16(t.grad) && aligned16(t.v);
+        ++rows;
+      }
+      table.block_tensor[blocks] = static_cast<unsigned char>(rows - 1);
+      table.block_chunk[blocks] = static_cast<int>(c);
+      ++blocks;
+      const bool last = i == count - 1 && c == chunks - 1;
+      if (blocks == kForeachMaxBlocks || (rows == kForeachMaxTensors && c == chunks - 1) || last) {
+        const cudaError_t err = launch_foreach_table(table, blocks, params, args, stream);
+        if (err != cudaSuccess) return err;
+        blocks = 0;
+        // The row of a tensor with chunks left stays as row 0 of the next table.
+        if (c != chunks - 1) {
+          table.z[0] = table.z[rows - 1];
+          table.grad[0] = table.grad[rows - 1];
+          table.v[0] = table.v[rows - 1];
+          table.n[0] = table.n[rows - 1];
+          table.rel_offset[0] = table.rel_offset[rows - 1];
+          table.kind[0] = table.kind[rows - 1];
+          table.vec[0] = table.vec[rows - 1];
+          rows = 1;
+        } else {
+          rows = 0;
+        }
+      }
+    }
+  }
+  if (blocks > 0) {  // the last tensors were empty: flush what is left
+    const cudaError_t err = launch_foreach_table(table, blocks, params, args, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (state != nullptr) {
+    advance_state_kernel<<<1, 1, 0, stream>>>(state, rel);
+    return cudaGetLastError();
+  }
+  return cudaSuccess;
 }
 
 cudaError_t launch_backward(const void* grad_z_new, const float* grad_v_new, const void* z,

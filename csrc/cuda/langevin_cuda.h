@@ -44,6 +44,30 @@ cudaError_t launch_step_state_inplace(void* z, const void* grad, float* v, int64
                                       int64_t n, ScalarKind kind, const StepParams& params,
                                       cudaStream_t stream);
 
+// One tensor of a multi-tensor step: z and v are updated in place.
+struct ForeachTensor {
+  void* z;
+  const void* grad;
+  float* v;
+  int64_t n;
+  ScalarKind kind;
+};
+
+// The step on every tensor of the list, apex multi-tensor-apply style: each launch carries a
+// table of up to kForeachMaxTensors tensors and kForeachMaxBlocks blocks (a chunk of
+// kForeachChunk elements of one tensor per block) in its kernel-argument struct; longer lists and
+// larger tensors take several launches, each filling the table anew. Tensor i draws its noise at
+// offset + sum_{j<i} ceil(n_j / 4), so the result is bit-identical to one launch_step_inplace per
+// tensor in order. With `state` non-null, seed, offset and step are read from
+// state = [seed, offset, step] on the device and a final one-thread kernel advances offset by the
+// sum of the increments and step by 1 (also for an empty list). Returns the first error.
+constexpr int kForeachMaxTensors = 24;
+constexpr int kForeachMaxBlocks = 320;
+constexpr int64_t kForeachChunk = 4096;
+cudaError_t launch_step_foreach(const ForeachTensor* tensors, int count, const StepParams& params,
+                                int64_t step, uint64_t seed, uint64_t offset, int64_t* state,
+                                cudaStream_t stream);
+
 // Functional forward: (z_out, v_out) = step(z, grad, v). Outputs may alias the inputs. Without
 // preconditioning v' = v and v_out is not written: the caller copies v if it needs a new tensor.
 cudaError_t launch_forward(const void* z, const void* grad, const float* v, void* z_out,

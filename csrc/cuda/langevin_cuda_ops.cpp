@@ -13,7 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "../include/langevin_math.h"
 #include "langevin_cuda.h"
@@ -214,6 +216,89 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
   return {grad_z, grad_grad};
 }
 
+// Multi-tensor step: contiguous copies where needed, one table launch (launch_step_foreach).
+void step_foreach(at::TensorList zs, at::TensorList grads, at::TensorList vs, int64_t step,
+                  const StepParams& params, uint64_t seed, uint64_t offset, at::Tensor* state) {
+  TORCH_CHECK(grads.size() == zs.size(), "lpc_fast: grads must hold one tensor per tensor of zs (",
+              zs.size(), "), got ", grads.size());
+  TORCH_CHECK(vs.size() == zs.size(), "lpc_fast: vs must hold one tensor per tensor of zs (",
+              zs.size(), "), got ", vs.size());
+  const at::Tensor& first = state != nullptr ? *state : zs[0];
+  for (size_t i = 0; i < zs.size(); ++i) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    check_cuda_tensor(zs[i], ("zs" + idx).c_str(), first);
+    check_cuda_tensor(grads[i], ("grads" + idx).c_str(), first);
+    check_cuda_tensor(vs[i], ("vs" + idx).c_str(), first);
+    (void)scalar_kind(zs[i].scalar_type());
+    TORCH_CHECK(grads[i].scalar_type() == zs[i].scalar_type(), "lpc_fast: grads", idx,
+                " must have zs", idx, "'s dtype (", zs[i].scalar_type(), "), got ",
+                grads[i].scalar_type());
+    TORCH_CHECK(vs[i].scalar_type() == at::kFloat, "lpc_fast: vs", idx, " must be float32, got ",
+                vs[i].scalar_type());
+    TORCH_CHECK(grads[i].sizes() == zs[i].sizes() && vs[i].sizes() == zs[i].sizes(),
+                "lpc_fast: grads", idx, " and vs", idx, " must have zs", idx, "'s shape ",
+                zs[i].sizes());
+  }
+  if (state == nullptr) {
+    check_bias_corr(params.beta, step, params.bias_correction, params.precondition);
+  }
+  const c10::cuda::CUDAGuard guard(first.device());
+  std::vector<at::Tensor> zc, gc, vc;
+  std::vector<ForeachTensor> table;
+  zc.reserve(zs.size());
+  gc.reserve(zs.size());
+  vc.reserve(zs.size());
+  table.reserve(zs.size());
+  for (size_t i = 0; i < zs.size(); ++i) {
+    zc.push_back(zs[i].contiguous());
+    gc.push_back(grads[i].contiguous());
+    vc.push_back(vs[i].contiguous());
+    const bool empty = zs[i].numel() == 0;
+    table.push_back(ForeachTensor{empty ? nullptr : zc.back().mutable_data_ptr(),
+                                  empty ? nullptr : gc.back().const_data_ptr(),
+                                  empty ? nullptr : vc.back().mutable_data_ptr<float>(),
+                                  zs[i].numel(), scalar_kind(zs[i].scalar_type())});
+  }
+  check_launch(
+      launch_step_foreach(table.data(), static_cast<int>(table.size()), params, step, seed, offset,
+                          state != nullptr ? state->mutable_data_ptr<int64_t>() : nullptr,
+                          c10::cuda::getCurrentCUDAStream()),
+      "langevin_step_foreach_");
+  for (size_t i = 0; i < zs.size(); ++i) {
+    if (!zc[i].is_same(zs[i])) zs[i].copy_(zc[i]);
+    if (params.precondition && !vc[i].is_same(vs[i])) vs[i].copy_(vc[i]);
+  }
+}
+
+void langevin_step_foreach_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
+                            int64_t step, double step_size, double beta, double eps,
+                            double temperature, bool bias_correction, bool precondition,
+                            bool prior_grad, int64_t seed, int64_t offset) {
+  if (zs.empty() && grads.empty() && vs.empty()) return;
+  step_foreach(
+      zs, grads, vs, step,
+      make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad),
+      as_u64(seed), as_u64(offset), nullptr);
+}
+
+void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
+                                  at::Tensor state, double step_size, double beta, double eps,
+                                  double temperature, bool bias_correction, bool precondition,
+                                  bool prior_grad) {
+  TORCH_CHECK(state.is_cuda(), "lpc_fast CUDA kernel: state must be a CUDA tensor, got ",
+              state.device());
+  TORCH_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
+              state.scalar_type());
+  TORCH_CHECK(state.dim() == 1 && state.size(0) == 3,
+              "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
+              state.sizes());
+  TORCH_CHECK(state.is_contiguous(), "lpc_fast: state must be contiguous");
+  step_foreach(
+      zs, grads, vs, 0,
+      make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad), 0,
+      0, &state);
+}
+
 void philox_normal_(at::Tensor out, int64_t seed, int64_t offset) {
   TORCH_CHECK(out.is_cuda(), "lpc_fast CUDA kernel: out must be a CUDA tensor, got ", out.device());
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
@@ -251,6 +336,8 @@ TORCH_LIBRARY_IMPL(lpc_fast, CUDA, m) {
   m.impl("langevin_step_state_", &lpc_fast::cuda::langevin_step_state_);
   m.impl("langevin_fwd", &lpc_fast::cuda::langevin_fwd);
   m.impl("langevin_bwd", &lpc_fast::cuda::langevin_bwd);
+  m.impl("langevin_step_foreach_", &lpc_fast::cuda::langevin_step_foreach_);
+  m.impl("langevin_step_foreach_state_", &lpc_fast::cuda::langevin_step_foreach_state_);
   m.impl("philox_normal_", &lpc_fast::cuda::philox_normal_);
   m.impl("philox_uint32_", &lpc_fast::cuda::philox_uint32_);
 }

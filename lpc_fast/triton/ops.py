@@ -354,3 +354,6 @@ def _noop_fake(out, seed, offset):
 
 triton_philox_normal_ = _register("triton_philox_normal_", _normal_, ("out",), _noop_fake)
 triton_philox_uint32_ = _register("triton_philox_uint32_", _uint32_, ("out",), _noop_fake)
+
+# The multi-tensor step registers lpc_fast::triton_langevin_step_foreach_(state_) on import.
+from . import foreach  # noqa: E402, F401

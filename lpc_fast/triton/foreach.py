@@ -1,0 +1,373 @@
+"""The multi-tensor Langevin step in Triton: one launch over a table of tensor pointers.
+
+``lpc_fast::triton_langevin_step_foreach_`` updates a list of tensors in place with one kernel
+launch (plus the one-program state advance in the capturable variant). The host builds two
+int64 tables on the device:
+
+* one row per non-empty tensor: the addresses of ``z``, ``grad`` and ``v``, the element count,
+  the tensor's noise offset relative to the call's ``offset`` (:func:`lpc_fast.rng.foreach_offsets`)
+  and a dtype code;
+* one row per program: the tensor it works on and its block index within that tensor.
+
+The kernel casts the addresses to pointers of the tensor's dtype and branches on the dtype
+code at run time, so tensors of different dtypes share the launch. Program ``(t, b)`` computes
+exactly what program ``b`` of the single-tensor kernel computes for tensor ``t`` (same noise
+counters, same arithmetic), so the result is bit-identical to one ``langevin_step_`` call per
+tensor in order.
+
+The tables depend only on the tensors' addresses, sizes and dtypes and on the block size; they
+are cached under that key (a few entries), so a sampler that steps the same tensors every
+iteration builds and copies them once. A cache hit also means no host-to-device copy, so a
+capturable step can be recorded into a CUDA graph once it has run eagerly on the same tensors.
+Non-contiguous tensors go through contiguous copies (whose addresses change from call to call).
+
+The op is an opaque ``custom_op`` on every device: the table is built from real addresses,
+which ``torch.compile`` cannot trace through ``triton_op``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import rng
+from . import launch
+from .kernels import _bias_correction, _cvt, _f64, _normals, _sqrt, advance_state_kernel
+
+__all__ = ["langevin_step_foreach_", "langevin_step_foreach_state_", "TABLE_CACHE_SIZE"]
+
+#: Tables kept (one per distinct list of tensors): a sampler and its fast loop each use one.
+TABLE_CACHE_SIZE = 8
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_TENSOR_COLUMNS = 6  # z address, grad address, v address, numel, relative offset, dtype code
+_tables: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = OrderedDict()
+
+
+# --------------------------------------------------------------------------------------------------
+# kernel
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _foreach_tile(
+    z_addr,
+    g_addr,
+    v_addr,
+    n,
+    seed,
+    offset,
+    blk,
+    c64,
+    eta64,
+    beta64,
+    omb64,
+    eps64,
+    ns64,
+    DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    F64: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+):
+    """Block ``blk`` of one tensor: the body of ``kernels.langevin_fwd_kernel`` (in place)."""
+    z_ptr = z_addr.to(tl.pointer_type(DTYPE))
+    g_ptr = g_addr.to(tl.pointer_type(DTYPE))
+    v_ptr = v_addr.to(tl.pointer_type(tl.float32))
+    offs = blk * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < n
+    c = _cvt(c64, F64)
+    eta = _cvt(eta64, F64)
+    beta = _cvt(beta64, F64)
+    omb = _cvt(omb64, F64)
+    eps = _cvt(eps64, F64)
+    ns = _cvt(ns64, F64)
+    noise = _normals(seed, offset, blk, BLOCK, F64)
+    z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
+    g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
+    if PRIOR_GRAD:
+        s = g + z
+    else:
+        s = g
+    if PRECONDITION:
+        v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
+        v_new = beta * v + omb * s * s
+        p = 1.0 / (eps + _sqrt(v_new * c, F64))
+        z_new = z - eta * p * s + ns * _sqrt(p, F64) * noise
+        tl.store(v_ptr + offs, v_new.to(tl.float32), mask=mask)
+    else:
+        z_new = z - eta * s + ns * noise
+    tl.store(z_ptr + offs, z_new.to(DTYPE), mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed", "offset", "step"])
+def langevin_foreach_kernel(
+    tensors_ptr,
+    programs_ptr,
+    state_ptr,
+    seed: tl.int64,
+    offset: tl.int64,
+    step: tl.int64,
+    eta_hi,
+    eta_lo,
+    beta_hi,
+    beta_lo,
+    omb_hi,
+    omb_lo,
+    eps_hi,
+    eps_lo,
+    ns_hi,
+    ns_lo,
+    BLOCK: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+    USE_STATE: tl.constexpr,
+):
+    """One block of one tensor per program; ``programs[pid] = (tensor row, block)``."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = tl.load(programs_ptr + 2 * pid)
+    blk = tl.load(programs_ptr + 2 * pid + 1)
+    if USE_STATE:
+        seed = tl.load(state_ptr)
+        offset = tl.load(state_ptr + 1)
+        step = tl.load(state_ptr + 2)
+    meta = tensors_ptr + 6 * row
+    z_addr = tl.load(meta)
+    g_addr = tl.load(meta + 1)
+    v_addr = tl.load(meta + 2)
+    n = tl.load(meta + 3)
+    rel = tl.load(meta + 4)
+    code = tl.load(meta + 5)
+    # The tensor's counter: offset + rel modulo 2**64 (unsigned, as the counter words wrap).
+    tensor_offset = (offset.to(tl.uint64) + rel.to(tl.uint64)).to(tl.int64)
+    beta64 = _f64(beta_hi, beta_lo)
+    c64 = _bias_correction(step, beta64, BIAS_CORRECTION)
+    eta64 = _f64(eta_hi, eta_lo)
+    omb64 = _f64(omb_hi, omb_lo)
+    eps64 = _f64(eps_hi, eps_lo)
+    ns64 = _f64(ns_hi, ns_lo)
+    # Pointer element types must be compile-time constants: one branch per dtype (_DTYPE_CODES).
+    if code == 0:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.float32, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+    elif code == 1:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.float64, BLOCK, True, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+    elif code == 2:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.float16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+    else:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.bfloat16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_lists(zs, grads, vs) -> None:
+    if len(grads) != len(zs) or len(vs) != len(zs):
+        raise ValueError(f"zs, grads and vs must have one length, got {len(zs)}, {len(grads)} and {len(vs)}")
+    for i, (z, g, v) in enumerate(zip(zs, grads, vs)):
+        try:
+            launch._check_update_args(z, g, v)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"tensor {i} of the lists: {exc}") from None
+        if z.device != zs[0].device:
+            raise ValueError(f"zs[{i}] must be on zs[0]'s device {zs[0].device}, got {z.device}")
+
+
+def block_size(device: torch.device, zs) -> int:
+    """Elements per program for a list (the largest tensor decides; results never depend on it)."""
+    return launch.default_block(device, max((z.numel() for z in zs), default=1))
+
+
+def _tables_for(zc, gc, vc, device: torch.device, block: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(tensor table, program table, programs)`` for contiguous lists, from the cache if possible."""
+    key = (device, block) + tuple(
+        (z.data_ptr(), g.data_ptr(), v.data_ptr(), z.numel(), z.dtype) for z, g, v in zip(zc, gc, vc)
+    )
+    hit = _tables.get(key)
+    if hit is not None:
+        _tables.move_to_end(key)
+        return hit
+    rel, _ = rng.foreach_offsets(0, [z.numel() for z in zc])
+    tensor_rows, program_rows = [], []
+    for z, g, v, r in zip(zc, gc, vc, rel):
+        n = z.numel()
+        if n == 0:
+            continue
+        row = len(tensor_rows)
+        tensor_rows.append(
+            [z.data_ptr(), g.data_ptr(), v.data_ptr(), n, rng.to_int64(r), _DTYPE_CODES[z.dtype]]
+        )
+        program_rows.extend([row, b] for b in range(triton.cdiv(n, block)))
+    tensors = torch.tensor(tensor_rows, dtype=torch.int64, device=device).reshape(-1, _TENSOR_COLUMNS)
+    programs = torch.tensor(program_rows, dtype=torch.int64, device=device).reshape(-1, 2)
+    entry = (tensors, programs, len(program_rows))
+    _tables[key] = entry
+    while len(_tables) > TABLE_CACHE_SIZE:
+        _tables.popitem(last=False)
+    return entry
+
+
+def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, block: int | None) -> None:
+    step_size, beta, eps, temperature, bias_correction, precondition, prior_grad = hyper
+    if not any(z.numel() for z in zs):
+        return
+    device = zs[0].device
+    block = block_size(device, zs) if block is None else int(block)
+    if block < 4 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 4, got {block}")
+    zc = [launch._contig(z) for z in zs]
+    gc = [launch._contig(g) for g in grads]
+    vc = [launch._contig(v) for v in vs]
+    tensors, programs, count = _tables_for(zc, gc, vc, device, block)
+    langevin_foreach_kernel[(count,)](
+        tensors,
+        programs,
+        tensors if state is None else state,
+        launch._check_int64("seed", seed),
+        launch._check_int64("offset", offset),
+        step,
+        *launch._scalar_args(step_size, beta, eps, temperature),
+        BLOCK=block,
+        BIAS_CORRECTION=bool(bias_correction) and bool(precondition),
+        PRECONDITION=bool(precondition),
+        PRIOR_GRAD=bool(prior_grad),
+        USE_STATE=state is not None,
+    )
+    for z, v, z_c, v_c in zip(zs, vs, zc, vc):
+        if z_c is not z:
+            z.copy_(z_c)
+        if precondition and v_c is not v:
+            v.copy_(v_c)
+
+
+def langevin_step_foreach_(
+    zs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    step: int,
+    step_size: float,
+    beta: float,
+    eps: float,
+    temperature: float,
+    bias_correction: bool,
+    precondition: bool,
+    prior_grad: bool,
+    seed: int,
+    offset: int,
+    *,
+    block: int | None = None,
+) -> None:
+    """Update every ``(zs[i], vs[i])`` in place with one launch (see the module docstring)."""
+    _check_lists(zs, grads, vs)
+    hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    _launch_foreach(zs, grads, vs, None, seed, offset, step, hyper, block)
+
+
+def langevin_step_foreach_state_(
+    zs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    state: torch.Tensor,
+    step_size: float,
+    beta: float,
+    eps: float,
+    temperature: float,
+    bias_correction: bool,
+    precondition: bool,
+    prior_grad: bool,
+    *,
+    block: int | None = None,
+) -> None:
+    """Capturable variant: reads ``[seed, offset, step]`` from ``state``, then advances it by the
+    sum of the tensors' increments and one step (a second one-program launch, as for one tensor)."""
+    _check_lists(zs, grads, vs)
+    if zs:
+        launch._check_state(state, zs[0])
+    hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
+    _, total = rng.foreach_offsets(0, [z.numel() for z in zs])
+    advance_state_kernel[(1,)](state, total)
+
+
+# --------------------------------------------------------------------------------------------------
+# dispatcher registration (opaque custom ops everywhere, see the module docstring)
+# --------------------------------------------------------------------------------------------------
+
+_UPDATE = (
+    "float step_size, float beta, float eps, float temperature, "
+    "bool bias_correction, bool precondition, bool prior_grad"
+)
+SCHEMAS = {
+    "triton_langevin_step_foreach_": (
+        f"(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, SymInt step, {_UPDATE}, "
+        "SymInt seed, SymInt offset) -> ()"
+    ),
+    "triton_langevin_step_foreach_state_": (
+        f"(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, Tensor(c!) state, {_UPDATE}) -> ()"
+    ),
+}
+
+
+def _step(
+    zs,
+    grads,
+    vs,
+    step,
+    step_size,
+    beta,
+    eps,
+    temperature,
+    bias_correction,
+    precondition,
+    prior_grad,
+    seed,
+    offset,
+):
+    langevin_step_foreach_(
+        zs,
+        grads,
+        vs,
+        step,
+        step_size,
+        beta,
+        eps,
+        temperature,
+        bias_correction,
+        precondition,
+        prior_grad,
+        seed,
+        offset,
+    )
+
+
+def _step_fake(zs, grads, vs, *args):
+    _check_lists(zs, grads, vs)
+
+
+def _state(
+    zs, grads, vs, state, step_size, beta, eps, temperature, bias_correction, precondition, prior_grad
+):
+    langevin_step_foreach_state_(
+        zs, grads, vs, state, step_size, beta, eps, temperature, bias_correction, precondition, prior_grad
+    )
+
+
+def _state_fake(zs, grads, vs, state, *args):
+    _check_lists(zs, grads, vs)
+
+
+for _name, _fn, _mutates, _fake in (
+    ("triton_langevin_step_foreach_", _step, ("zs", "vs"), _step_fake),
+    ("triton_langevin_step_foreach_state_", _state, ("zs", "vs", "state"), _state_fake),
+):
+    torch.library.custom_op(
+        f"lpc_fast::{_name}", _fn, mutates_args=_mutates, schema=SCHEMAS[_name]
+    ).register_fake(_fake)
