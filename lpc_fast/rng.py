@@ -274,7 +274,7 @@ class NoiseStream:
 
     def take_many(self, numels: list[int]) -> int:
         """Reserve the counters of one multi-tensor call over tensors of ``numels``; return the first."""
-        return self.reserve(sum(offset_increment(n) for n in numels))
+        return self.reserve(foreach_offsets(0, numels)[1])
 
     def rng_state(self, step: int = 1, *, device: torch.device | str = "cpu") -> torch.Tensor:
         """The int64 ``[seed, offset, step]`` tensor of the fused op's capturable mode at this position."""

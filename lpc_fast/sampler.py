@@ -48,9 +48,10 @@ Hot path
 --------
 The ULA and preconditioned steps run from a cached plan: the latents split into runs of consecutive
 tensors that share one call's scalar arguments (one run per parameter group, normally), each updated by
-one multi-tensor fused call. The plan is rebuilt, and its hyper-parameters validated, only when something
-it depends on changes: a parameter group's values (a scheduler writing ``lr``) or tensors, which latents
-have a ``.grad``, a preconditioner freezing, :meth:`LangevinSampler.reset` or ``load_state_dict``.
+one multi-tensor fused call (:func:`lpc_fast.langevin_step_foreach_`). The plan is rebuilt, and its
+hyper-parameters validated, only when something it depends on changes: a parameter group's values (a
+scheduler writing ``lr``) or tensors, which latents have a ``.grad``, a preconditioner freezing,
+:meth:`LangevinSampler.reset` or ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -93,11 +94,16 @@ def _fused_update(
     backend: str | None,
     hyper: dict[str, Any],
 ) -> None:
-    """One fused Langevin step of every tensor; tensor ``i`` draws the noise at
+    """One fused Langevin step of every tensor, one kernel launch; tensor ``i`` draws the noise at
     ``offset + Σ_{j<i} offset_increment(zs[j].numel())`` (the sampler's one call into the kernels)."""
-    for z, g, v in zip(zs, grads, vs):
-        lpc_fast.langevin_step_(z, g, v, step=step, seed=seed, offset=offset, backend=backend, **hyper)
-        offset = (offset + rng.offset_increment(z.numel())) % _U64
+    if len(zs) == 1:
+        lpc_fast.langevin_step_(
+            zs[0], grads[0], vs[0], step=step, seed=seed, offset=offset, backend=backend, **hyper
+        )
+    else:
+        lpc_fast.langevin_step_foreach_(
+            zs, grads, vs, step=step, seed=seed, offset=offset, backend=backend, **hyper
+        )
 
 
 class SamplerDiagnostics:
@@ -662,7 +668,8 @@ class LangevinSampler(torch.optim.Optimizer):
                 run.zs.append(z)
                 run.vs.append(st["v"])
                 run.states.append(st)
-                run.counters += rng.offset_increment(z.numel())
+        for run in runs:
+            run.counters = rng.foreach_offsets(0, [z.numel() for z in run.zs])[1]
         self._plan = _Plan(runs, idle, _snapshot(self.param_groups))
         return self._plan
 

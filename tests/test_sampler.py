@@ -101,23 +101,32 @@ def test_step_matches_the_reference_update_and_advances_the_stream(mode):
     assert sampler.offset == off
 
 
-def test_one_fused_call_per_tensor_per_step(monkeypatch):
+def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
+    """A group's latents move in one multi-tensor call; another group's settings need a second call."""
     calls = []
-    real = lpc_fast.langevin_step_
+    single, foreach = lpc_fast.langevin_step_, lpc_fast.langevin_step_foreach_
 
-    def counting(z, grad, v, **kw):
-        calls.append((z.data_ptr(), kw["offset"]))
-        return real(z, grad, v, **kw)
+    def counting_single(z, grad, v, **kw):
+        calls.append(("single", 1, kw["offset"]))
+        return single(z, grad, v, **kw)
 
-    monkeypatch.setattr(lpc_fast, "langevin_step_", counting)
+    def counting_foreach(zs, grads, vs, **kw):
+        calls.append(("foreach", len(zs), kw["offset"]))
+        return foreach(zs, grads, vs, **kw)
+
+    monkeypatch.setattr(lpc_fast, "langevin_step_", counting_single)
+    monkeypatch.setattr(lpc_fast, "langevin_step_foreach_", counting_foreach)
     a, b, c = torch.zeros(4, 2), torch.zeros(9), torch.zeros(3)
     sampler = LangevinSampler([{"params": [a, b]}, {"params": [c], "step_size": 0.2}], step_size=0.1)
     for _ in range(3):
         a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)  # c has no grad: skipped like an optimizer
         sampler.step()
-    assert len(calls) == 6
-    assert len({off for _, off in calls}) == 6  # never the same noise twice
+    assert [k for k, _, _ in calls] == ["foreach"] * 3 and all(n == 2 for _, n, _ in calls)
     assert torch.equal(c, torch.zeros(3))
+    c.grad = torch.ones_like(c)
+    sampler.step()
+    assert [k for k, _, _ in calls[3:]] == ["foreach", "single"]
+    assert len({off for _, _, off in calls}) == len(calls)  # never the same noise twice
 
 
 def test_zero_temperature_is_deterministic_gradient_descent():
