@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-import lpc_fast
 from lpc_fast import reference, rng
 from lpc_fast.diagnostics import effective_sample_size, split_rhat
+from lpc_fast.dispatch import select_backend
 from lpc_fast.models import GaussianLikelihood, LatentModel
 from lpc_fast.sampler import LangevinSampler
 
@@ -102,9 +102,10 @@ def test_step_matches_the_reference_update_and_advances_the_stream(mode):
 
 
 def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
-    """A group's latents move in one multi-tensor call; another group's settings need a second call."""
+    """A group's latents move in one multi-tensor launch; another group's settings need a second one."""
     calls = []
-    single, foreach = lpc_fast.langevin_step_, lpc_fast.langevin_step_foreach_
+    backend = select_backend(torch.device("cpu"))
+    single, foreach = backend.step_, backend.step_foreach_
 
     def counting_single(z, grad, v, **kw):
         calls.append(("single", 1, kw["offset"]))
@@ -114,8 +115,8 @@ def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
         calls.append(("foreach", len(zs), kw["offset"]))
         return foreach(zs, grads, vs, **kw)
 
-    monkeypatch.setattr(lpc_fast, "langevin_step_", counting_single)
-    monkeypatch.setattr(lpc_fast, "langevin_step_foreach_", counting_foreach)
+    monkeypatch.setattr(backend, "step_", counting_single)
+    monkeypatch.setattr(backend, "step_foreach_", counting_foreach)
     a, b, c = torch.zeros(4, 2), torch.zeros(9), torch.zeros(3)
     sampler = LangevinSampler([{"params": [a, b]}, {"params": [c], "step_size": 0.2}], step_size=0.1)
     for _ in range(3):
@@ -127,6 +128,18 @@ def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
     sampler.step()
     assert [k for k, _, _ in calls[3:]] == ["foreach", "single"]
     assert len({off for _, _, off in calls}) == len(calls)  # never the same noise twice
+
+
+def test_a_latent_resized_behind_the_samplers_back_is_an_error_not_a_kernel_call():
+    """The cached step checks each latent's layout (torch already ties a .grad to its tensor's)."""
+    a, b = torch.zeros(4, 2), torch.zeros(9)
+    sampler = LangevinSampler([a, b], lr=0.1)
+    a.grad, b.grad = torch.zeros(4, 2), torch.zeros(9)
+    sampler.step()
+    b.data = torch.zeros(12)
+    b.grad = torch.zeros(12)
+    with pytest.raises(ValueError, match=r"vs\[1\] must have the shape of"):
+        sampler.step()
 
 
 def test_zero_temperature_is_deterministic_gradient_descent():
