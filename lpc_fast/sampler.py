@@ -345,16 +345,19 @@ class _Run:
 class _Plan:
     """The cached ULA / preconditioned step: runs, the latents without a gradient, and what it assumed."""
 
-    __slots__ = ("runs", "idle", "snapshot")
+    __slots__ = ("runs", "idle", "snapshot", "settings")
 
-    def __init__(self, runs: list[_Run], idle: list[torch.Tensor], snapshot: list[tuple]) -> None:
+    def __init__(
+        self, runs: list[_Run], idle: list[torch.Tensor], snapshot: list[tuple], settings: tuple
+    ) -> None:
         self.runs = runs
         self.idle = idle
         self.snapshot = snapshot
+        self.settings = settings
 
-    def grads(self, groups: list[dict[str, Any]]) -> list[list[torch.Tensor]] | None:
+    def grads(self, groups: list[dict[str, Any]], settings: tuple) -> list[list[torch.Tensor]] | None:
         """Each run's gradients, or ``None`` when the plan no longer describes this step."""
-        if _snapshot(groups) != self.snapshot:
+        if settings != self.settings or _snapshot(groups) != self.snapshot:
             return None
         for z in self.idle:
             if z.grad is not None:
@@ -694,8 +697,12 @@ class LangevinSampler(torch.optim.Optimizer):
                 run.states.append(st)
         for run in runs:
             run.counters = rng.foreach_offsets(0, [z.numel() for z in run.zs])[1]
-        self._plan = _Plan(runs, idle, _snapshot(self.param_groups))
+        self._plan = _Plan(runs, idle, _snapshot(self.param_groups), self._settings())
         return self._plan
+
+    def _settings(self) -> tuple:
+        """The sampler-wide attributes a plan depends on."""
+        return (self.mode, self.freeze_preconditioner_after)
 
     def _mh_active(self) -> bool:
         if self.mode != "mala":
@@ -779,7 +786,11 @@ class LangevinSampler(torch.optim.Optimizer):
                 energies = closure()
             self._cache = None
         plan = self._plan
-        grads = None if plan is None else plan.grads(self.param_groups)
+        grads = (
+            None
+            if plan is None
+            else plan.grads(self.param_groups, (self.mode, self.freeze_preconditioner_after))
+        )
         if grads is None:
             if self.mode == "mala":
                 for _, z in self._latents():
