@@ -1,5 +1,5 @@
-// Python module lpc_fast._C and the lpc_fast dispatcher library: op schemas (docs/ARCHITECTURE.md)
-// and their CPU kernels. CUDA kernels register themselves in csrc/cuda when built.
+// Python module lpc_fast._C and the CPU kernels of the lpc_fast dispatcher ops (schemas in
+// lpc_fast/_schemas.py). CUDA kernels register themselves in csrc/cuda when built.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -66,36 +66,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "Whether CUDA kernels were compiled into this build.");
 }
 
-TORCH_LIBRARY(lpc_fast, m) {
-  m.def(
-      "langevin_step_(Tensor(a!) z, Tensor grad, Tensor(b!) v, SymInt step, float step_size, "
-      "float beta, float eps, float temperature, bool bias_correction, bool precondition, "
-      "bool prior_grad, SymInt seed, SymInt offset) -> ()");
-  m.def(
-      "langevin_step_state_(Tensor(a!) z, Tensor grad, Tensor(b!) v, Tensor(c!) state, "
-      "float step_size, float beta, float eps, float temperature, bool bias_correction, "
-      "bool precondition, bool prior_grad) -> ()");
-  m.def(
-      "langevin_fwd(Tensor z, Tensor grad, Tensor v, SymInt step, float step_size, float beta, "
-      "float eps, float temperature, bool bias_correction, bool precondition, bool prior_grad, "
-      "SymInt seed, SymInt offset) -> (Tensor z_new, Tensor v_new)");
-  m.def(
-      "langevin_bwd(Tensor grad_z_new, Tensor? grad_v_new, Tensor z, Tensor grad, Tensor v, "
-      "SymInt step, float step_size, float beta, float eps, float temperature, "
-      "bool bias_correction, bool precondition, bool prior_grad, SymInt seed, SymInt offset) "
-      "-> (Tensor grad_z, Tensor grad_grad)");
-  m.def(
-      "langevin_step_foreach_(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, SymInt step, "
-      "float step_size, float beta, float eps, float temperature, bool bias_correction, "
-      "bool precondition, bool prior_grad, SymInt seed, SymInt offset) -> ()");
-  m.def(
-      "langevin_step_foreach_state_(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, "
-      "Tensor(c!) state, float step_size, float beta, float eps, float temperature, "
-      "bool bias_correction, bool precondition, bool prior_grad) -> ()");
-  m.def("philox_normal_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
-  m.def("philox_uint32_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
-}
-
+// The op schemas are defined from Python (lpc_fast/_schemas.py, the one op table) before this
+// module is loaded; here only kernels are attached. The dispatcher checks each kernel's C++
+// signature against its schema and refuses a mismatch when the module is imported.
 TORCH_LIBRARY_IMPL(lpc_fast, CPU, m) {
   m.impl("langevin_step_", &lpc_fast::cpu::langevin_step_);
   m.impl("langevin_step_state_", &lpc_fast::cpu::langevin_step_state_);

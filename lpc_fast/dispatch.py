@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import reference, rng
+from . import _schemas
 
 __all__ = [
     "BACKEND_NAMES",
@@ -63,11 +63,18 @@ class BackendInfo:
 
 
 def _load_extension() -> tuple[Any | None, str]:
+    # The schemas come from the op table; the extension only attaches kernels to them.
+    _schemas.define_extension_ops()
     try:
         module = importlib.import_module("lpc_fast._C")
     except ImportError as exc:  # not built, or built against another torch
         return None, f"lpc_fast._C is not importable ({exc}); build it with `make setup`"
     return module, ""
+
+
+def interpreter_enabled() -> bool:
+    """Whether ``TRITON_INTERPRET`` is set (Triton reads it when it is first imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,124 +107,26 @@ class _Backend:
             return f"it runs on {', '.join(self.devices)} tensors, not {device.type}"
         return None
 
-    # Multi-tensor step. This generic version loops over the single-tensor step with the
-    # offsets of rng.foreach_offsets (the reference uses it; the kernel backends override it with
-    # their one-launch dispatcher ops).
-    def step_foreach_(self, zs, grads, vs, *, step, seed, offset, **hyper) -> None:
-        offsets, _ = rng.foreach_offsets(offset, [z.numel() for z in zs])
-        for z, g, v, off in zip(zs, grads, vs, offsets):
-            if z.numel():
-                self.step_(z, g, v, step=step, seed=seed, offset=_carrier(off), **hyper)
-
-    def step_foreach_state_(self, zs, grads, vs, state, **hyper) -> None:
-        seed, offset, step = (int(x) for x in state.tolist())
-        self.step_foreach_(zs, grads, vs, step=step, seed=seed, offset=offset, **hyper)
-        _, total = rng.foreach_offsets(offset, [z.numel() for z in zs])
-        advanced = [seed, rng.to_int64((rng.to_uint64(offset) + total) & rng.UINT64_MAX), step + 1]
-        state.copy_(torch.tensor(advanced, dtype=torch.int64))
-
-
-def _carrier(offset):
-    """The int64 carrier of an unsigned offset (a SymInt under torch.compile passes through)."""
-    return rng.to_int64(offset) if isinstance(offset, int) else offset
-
-
-class ReferenceBackend(_Backend):
-    """Plain PyTorch: slow, any device, the oracle every kernel is tested against."""
-
-    name = "reference"
-    devices = ("cpu", "cuda", "mps", "xpu", "meta")
-
-    def availability(self) -> tuple[bool, str]:
-        return True, "pure PyTorch, always available"
-
-    def supports_device(self, device: torch.device) -> bool:
-        return True
-
-    @staticmethod
-    def _compute_dtype(z: torch.Tensor) -> torch.dtype:
-        return torch.float64 if z.dtype == torch.float64 else torch.float32
-
-    def noise_like(self, z: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
-        return rng.philox_normal_reference(
-            z.numel(),
-            seed=rng.to_uint64(seed),
-            offset=rng.to_uint64(offset),
-            device=z.device,
-            dtype=self._compute_dtype(z),
-        ).view(z.shape)
-
-    def forward(self, z, grad, v, *, seed, offset, **hyper):
-        dt = self._compute_dtype(z)
-        noise = self.noise_like(z, seed, offset)
-        z_new, v_new = reference.langevin_update(z.to(dt), grad.to(dt), v.to(dt), noise, **hyper)
-        return z_new.to(z.dtype), v_new.to(torch.float32)
-
-    def backward(self, grad_z_new, grad_v_new, z, grad, v, *, seed, offset, **hyper):
-        dt = self._compute_dtype(z)
-        noise = self.noise_like(z, seed, offset)
-        gz, gg = reference.langevin_update_backward(
-            grad_z_new.to(dt),
-            None if grad_v_new is None else grad_v_new.to(dt),
-            z.to(dt),
-            grad.to(dt),
-            v.to(dt),
-            noise,
-            **hyper,
-        )
-        return gz.to(z.dtype), gg.to(z.dtype)
-
-    def step_(self, z, grad, v, *, seed, offset, **hyper) -> None:
-        z_new, v_new = self.forward(z, grad, v, seed=seed, offset=offset, **hyper)
-        z.copy_(z_new)
-        v.copy_(v_new)
-
-    def step_state_(self, z, grad, v, state, **hyper) -> None:
-        seed, offset, step = (int(x) for x in state.tolist())
-        self.step_(z, grad, v, step=step, seed=seed, offset=offset, **hyper)
-        advance = torch.tensor(
-            [0, rng.offset_increment(z.numel()), 1], dtype=torch.int64, device=state.device
-        )
-        state.add_(advance)
-
-    def normal_(self, out: torch.Tensor, *, seed: int, offset: int) -> None:
-        out.copy_(
-            rng.philox_normal_reference(
-                out.numel(),
-                seed=rng.to_uint64(seed),
-                offset=rng.to_uint64(offset),
-                device=out.device,
-                dtype=torch.float64,
-            ).view(out.shape)
-        )
-
-    def uint32_(self, out: torch.Tensor, *, seed: int, offset: int) -> None:
-        words = rng.philox_uint32(
-            out.numel(), seed=rng.to_uint64(seed), offset=rng.to_uint64(offset), device=out.device
-        )
-        out.copy_(words.view(out.shape))
-
-
-_HYPER_ORDER = (
-    "step_size",
-    "beta",
-    "eps",
-    "temperature",
-    "bias_correction",
-    "precondition",
-    "prior_grad",
-)
-
 
 class _DispatcherBackend(_Backend):
-    """A backend whose kernels are ``torch.ops.lpc_fast.<prefix><op>`` dispatcher ops."""
+    """A backend whose kernels are the ``torch.ops.lpc_fast.<prefix><op>`` ops of the op table.
 
-    prefix = ""
+    Every backend is one of these (:mod:`lpc_fast._schemas`): the methods below are the
+    backend interface, each calling one op with the arguments in schema order.
+    """
+
+    @property
+    def prefix(self) -> str:
+        return _schemas.PREFIXES[self.name]
+
+    def _register(self) -> None:
+        """Make sure this backend's ops exist (imports whatever registers them)."""
 
     def _op(self, name: str):
         # The overload packet's .default skips a per-call overload resolution.
         op = self._ops.get(name)
         if op is None:
+            self._register()
             op = getattr(torch.ops.lpc_fast, self.prefix + name).default
             self._ops[name] = op
         return op
@@ -230,12 +139,14 @@ class _DispatcherBackend(_Backend):
 
     @staticmethod
     def _hyper(hyper: dict) -> list:
-        return [hyper[k] for k in _HYPER_ORDER]
+        return [hyper[k] for k in _schemas.HYPER_NAMES]
 
     def step_(self, z, grad, v, *, step, seed, offset, **hyper) -> None:
+        """In place: ``z`` and (if preconditioned) ``v`` take the step's values."""
         self._op("langevin_step_")(z, grad, v, step, *self._hyper(hyper), seed, offset)
 
     def step_state_(self, z, grad, v, state, **hyper) -> None:
+        """Capturable in-place step reading and advancing ``state = [seed, offset, step]``."""
         self._op("langevin_step_state_")(z, grad, v, state, *self._hyper(hyper))
 
     def step_foreach_(self, zs, grads, vs, *, step, seed, offset, **hyper) -> None:
@@ -245,18 +156,38 @@ class _DispatcherBackend(_Backend):
         self._op("langevin_step_foreach_state_")(zs, grads, vs, state, *self._hyper(hyper))
 
     def forward(self, z, grad, v, *, step, seed, offset, **hyper):
+        """Functional step: ``(z_new, v_new)``, differentiable w.r.t. ``(z, grad)``."""
         return self._op("langevin_fwd")(z, grad, v, step, *self._hyper(hyper), seed, offset)
 
     def backward(self, grad_z_new, grad_v_new, z, grad, v, *, step, seed, offset, **hyper):
+        """Vector-Jacobian product of :meth:`forward` w.r.t. ``(z, grad)``, noise regenerated."""
         return self._op("langevin_bwd")(
             grad_z_new, grad_v_new, z, grad, v, step, *self._hyper(hyper), seed, offset
         )
 
     def normal_(self, out, *, seed, offset) -> None:
+        """Fill ``out`` (float32 or float64) with the contract's standard normals."""
         self._op("philox_normal_")(out, seed, offset)
 
     def uint32_(self, out, *, seed, offset) -> None:
+        """Fill the int64 tensor ``out`` with the contract's uint32 words."""
         self._op("philox_uint32_")(out, seed, offset)
+
+
+class ReferenceBackend(_DispatcherBackend):
+    """Plain PyTorch: slow, any device, the oracle every kernel is tested against."""
+
+    name = "reference"
+    devices = ("cpu", "cuda", "mps", "xpu", "meta")
+
+    def availability(self) -> tuple[bool, str]:
+        return True, "pure PyTorch, always available"
+
+    def supports_device(self, device: torch.device) -> bool:
+        return True
+
+    def _register(self) -> None:
+        importlib.import_module("lpc_fast._reference_kernels")
 
 
 class CpuBackend(_DispatcherBackend):
@@ -290,36 +221,47 @@ class CudaBackend(_DispatcherBackend):
         return True, f"C++/CUDA extension, {torch.cuda.get_device_name()}"
 
 
-class TritonProxyBackend(_DispatcherBackend):
-    """Fused Triton kernels, imported lazily so ``import lpc_fast`` never needs Triton."""
+class TritonBackend(_DispatcherBackend):
+    """Fused Triton kernels (:mod:`lpc_fast.triton`), loaded lazily: ``import lpc_fast`` never needs Triton.
+
+    Triton runs on CUDA tensors, and on CPU tensors only through its interpreter,
+    which needs ``TRITON_INTERPRET=1`` in the environment before Python starts.
+    """
 
     name = "triton"
     devices = ("cuda", "cpu")
-    prefix = "triton_"  # lpc_fast.triton registers its ops, fakes and autograd on import
+
+    def _register(self) -> None:
+        importlib.import_module("lpc_fast.triton").load_ops()
 
     def availability(self) -> tuple[bool, str]:
         try:
             import triton  # noqa: F401
         except ImportError:
-            return False, "triton is not installed (pip install triton)"
+            return False, "triton is not installed (pip install 'lpc_fast[triton]')"
+        except Exception as exc:  # a broken install must not break backend selection
+            return False, f"triton failed to import: {exc!r}"
         try:
-            importlib.import_module("lpc_fast.triton")
+            self._register()
         except Exception as exc:  # a broken Triton install must not break import of lpc_fast
             return False, f"lpc_fast.triton failed to import: {exc}"
+        if interpreter_enabled():
+            return True, "triton interpreter on CPU (TRITON_INTERPRET=1; slow, for testing)"
         if torch.cuda.is_available():
             return True, f"triton on {torch.cuda.get_device_name()}"
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            return True, "triton interpreter on CPU (TRITON_INTERPRET=1; slow, for testing)"
-        return True, "triton installed, but there is no GPU and TRITON_INTERPRET is not 1"
+        return False, (
+            "no CUDA device, and TRITON_INTERPRET is not set "
+            "(export TRITON_INTERPRET=1 before Python starts to run the kernels on CPU)"
+        )
 
     def supports_device(self, device: torch.device) -> bool:
         if device.type == "cuda":
             return True
-        return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+        return device.type == "cpu" and interpreter_enabled()
 
     def unsupported_reason(self, device: torch.device) -> str | None:
         reason = super().unsupported_reason(device)
-        if reason is not None and device.type == "cpu":
+        if reason is not None and device.type == "cpu" and not interpreter_enabled():
             return (
                 "triton runs on CPU tensors only under the interpreter: "
                 "export TRITON_INTERPRET=1 before Python starts"
@@ -328,7 +270,7 @@ class TritonProxyBackend(_DispatcherBackend):
 
 
 _BACKENDS: dict[str, _Backend] = {
-    "triton": TritonProxyBackend(),
+    "triton": TritonBackend(),
     "cuda": CudaBackend(),
     "cpu": CpuBackend(),
     "reference": ReferenceBackend(),
@@ -377,6 +319,20 @@ def _warn_once(key: tuple[str, str], message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+# os.environ.get encodes the key and decodes the value on every call (about a microsecond, as much
+# as a small kernel launch); the hot paths read os.environ's backing mapping, which every write to
+# os.environ (monkeypatch.setenv included) updates.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENV_DATA is not None else None
+
+
+def env_request() -> Any:
+    """The raw ``LPC_FAST_BACKEND`` value, cheaply (a cache key: bytes or str, None when unset)."""
+    if _ENV_DATA is not None:
+        return _ENV_DATA.get(_ENV_KEY)
+    return os.environ.get(ENV_VAR)  # pragma: no cover - an os.environ without its mapping
+
+
 def _requested(backend: str | None, ctx: str | None = None) -> tuple[str | None, str]:
     if backend is not None:
         return backend, "backend= argument"
@@ -404,7 +360,7 @@ def select_backend(device: torch.device | str, backend: str | None = None) -> _B
         return _BACKENDS[_resolve(device_type, backend, ctx)]
     # Availability does not change within a process: cache the resolution per request (the
     # environment variable is part of the key, so changing it takes effect at once).
-    key = (device_type, backend, ctx, os.environ.get(ENV_VAR))
+    key = (device_type, backend, ctx, env_request())
     name = _selection_cache.get(key)
     if name is None:
         name = _resolve(device_type, backend, ctx)

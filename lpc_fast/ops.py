@@ -12,7 +12,8 @@ import numbers
 import torch
 
 from . import rng
-from .dispatch import _BACKENDS, get_backend, select_backend
+from ._schemas import HYPER_NAMES
+from .dispatch import _context_stack, _load_extension, env_request, get_backend, select_backend
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -166,6 +167,112 @@ def _check_rng_state(rng_state: torch.Tensor, z: torch.Tensor | None, zname: str
 
 
 # --------------------------------------------------------------------------------------------------
+# The fast path of langevin_step_ (the common call: exact int/float/bool scalars, tensors, eager).
+# It skips what costs microseconds per call in Python: the tensor dtype/shape checks, which the
+# C++/CUDA/Triton kernels make themselves before touching memory (a refusal re-runs the Python
+# checks, so the error still names the argument); re-validating hyper-parameters seen before; and
+# backend selection, cached as the raw op per (device, backend=, use_backend context,
+# LPC_FAST_BACKEND), all in one cache key. The reference backend's kernel checks nothing and keeps
+# the checked path, as do meta tensors (their kernel is the no-op fake).
+# --------------------------------------------------------------------------------------------------
+
+_Tensor = torch.Tensor
+_U64 = rng.UINT64_MAX
+_I64 = 2**63 - 1
+_2_64 = 2**64
+_grad_enabled = torch.is_grad_enabled
+_is_compiling = torch.compiler.is_compiling
+_FAST_BACKENDS = ("cpu", "cuda", "triton")
+_CACHE_LIMIT = 256  # distinct keys kept (a hyper-parameter sweep must not grow it without bound)
+#: (op name, device, backend=, context, environment, 7 hyper-parameters)
+#: -> (the backend's raw op, the validated hyper-parameters in schema order)
+_fast_calls: dict[tuple, tuple] = {}
+
+
+def _fast_key(name, device, backend, step, seed, offset, step_size, beta, eps, temperature, bc, pc, pg):
+    """The fast path's cache key, or None when the call needs the checked path.
+
+    Only exact types qualify (``True == 1 == 1.0`` as dict keys, but only a bool is a valid flag);
+    ``step``, ``seed`` and ``offset`` are range-checked here since they change every call.
+    """
+    if (
+        type(step) is int
+        and type(seed) is int
+        and type(offset) is int
+        and type(step_size) is float
+        and type(beta) is float
+        and type(eps) is float
+        and type(temperature) is float
+        and type(bc) is bool
+        and type(pc) is bool
+        and type(pg) is bool
+        and 1 <= step
+        and 0 <= seed <= _U64
+        and 0 <= offset <= _U64
+        and not _is_compiling()
+    ):
+        ctx = _context_stack[-1] if _context_stack else None
+        return (name, device, backend, ctx, env_request(), step_size, beta, eps, temperature, bc, pc, pg)
+    return None
+
+
+#: The last fast call of each op: (7 hyper-parameter objects, backend=, context, environment,
+#: z on CPU (else CUDA), (op, hyper)). A call repeating the same objects, as a sampler does every
+#: step, is recognised by identity, without hashing a key.
+_memo_step: list[tuple | None] = [None]
+_memo_foreach: list[tuple | None] = [None]
+
+
+def _fast_lookup(memo, name, z, backend, step, seed, offset, raw):
+    """``(op, hyper)`` for a call the fast path may take, or None (the checked path)."""
+    m = memo[0]
+    ctx = _context_stack[-1] if _context_stack else None
+    env = env_request()
+    if (
+        m is not None
+        and raw[0] is m[0]
+        and raw[1] is m[1]
+        and raw[2] is m[2]
+        and raw[3] is m[3]
+        and raw[4] is m[4]
+        and raw[5] is m[5]
+        and raw[6] is m[6]
+        and backend is m[7]
+        and ctx is m[8]
+        and env is m[9]
+        and (z.is_cpu if m[10] else z.is_cuda)
+        and type(step) is int
+        and type(seed) is int
+        and type(offset) is int
+        and 1 <= step
+        and 0 <= seed <= _U64
+        and 0 <= offset <= _U64
+        and not _is_compiling()
+    ):
+        return m[11]
+    device = z.device
+    if device.type not in ("cpu", "cuda"):
+        return None
+    key = _fast_key(name, device, backend, step, seed, offset, *raw)
+    hit = None if key is None else _fast_calls.get(key)
+    if hit is not None:
+        memo[0] = (*raw, backend, ctx, env, device.type == "cpu", hit)
+    return hit
+
+
+def _remember(name, device, chosen, backend, hyper, step, seed, offset, *raw) -> None:
+    """After a fully checked call: cache its backend's raw op ``name`` and its validated
+    hyper-parameters under the fast path's key."""
+    if chosen.name not in _FAST_BACKENDS:
+        return
+    key = _fast_key(name, device, backend, step, seed, offset, *raw)
+    if key is not None:
+        if len(_fast_calls) >= _CACHE_LIMIT:
+            _fast_calls.clear()
+        _fast_calls[key] = (chosen._op(name), tuple(hyper[k] for k in HYPER_NAMES))
+
+
+# --------------------------------------------------------------------------------------------------
 # Public ops
 # --------------------------------------------------------------------------------------------------
 
@@ -227,6 +334,69 @@ def langevin_step_(
     backend : str, optional
         ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"``; default: see :mod:`lpc_fast.dispatch`.
     """
+    hit = None
+    if rng_state is None and isinstance(z, _Tensor) and isinstance(grad, _Tensor) and isinstance(v, _Tensor):
+        if not (grad.is_meta or v.is_meta):  # a meta tensor's kernel is the no-op fake
+            raw = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+            hit = _fast_lookup(_memo_step, "langevin_step_", z, backend, step, seed, offset, raw)
+    if hit is not None:
+        op, hyper = hit
+        args = (z, grad, v, step, *hyper, seed - _2_64 if seed > _I64 else seed)
+        args += (offset - _2_64 if offset > _I64 else offset,)
+        try:
+            if _grad_enabled():
+                with torch.no_grad():
+                    op(*args)
+            else:
+                op(*args)
+            return
+        except (RuntimeError, TypeError, ValueError) as exc:
+            refused = exc
+        _check_tensors(z, grad, v)  # names the argument when the kernel refused one
+        raise refused
+    _langevin_step_checked(
+        z,
+        grad,
+        v,
+        step=step,
+        step_size=step_size,
+        beta=beta,
+        eps=eps,
+        temperature=temperature,
+        bias_correction=bias_correction,
+        precondition=precondition,
+        prior_grad=prior_grad,
+        seed=seed,
+        offset=offset,
+        rng_state=rng_state,
+        backend=backend,
+    )
+
+
+def _langevin_step_checked(
+    z,
+    grad,
+    v,
+    *,
+    step,
+    step_size,
+    beta,
+    eps,
+    temperature,
+    bias_correction,
+    precondition,
+    prior_grad,
+    seed,
+    offset,
+    rng_state,
+    backend,
+) -> None:
+    """:func:`langevin_step_` with every argument checked in Python, for any argument types.
+
+    Fills the fast path's caches: validated exact float/bool hyper-parameters, and the raw op of
+    the chosen backend per (device, backend argument, context, environment) when its kernel
+    checks the tensors itself.
+    """
     _check_tensors(z, grad, v)
     hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
     chosen = select_backend(z.device, backend)
@@ -248,6 +418,23 @@ def langevin_step_(
     _check_step(step)
     _check_u64("seed", seed)
     _check_u64("offset", offset)
+    _remember(
+        "langevin_step_",
+        z.device,
+        chosen,
+        backend,
+        hyper,
+        step,
+        seed,
+        offset,
+        step_size,
+        beta,
+        eps,
+        temperature,
+        bias_correction,
+        precondition,
+        prior_grad,
+    )
     if z.numel() == 0:
         return
     if torch.is_grad_enabled():  # entering no_grad costs about a microsecond: skip it when already off
@@ -303,6 +490,65 @@ def langevin_step_foreach_(
     backend : str, optional
         ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"``; default: see :mod:`lpc_fast.dispatch`.
     """
+    hit = None
+    if rng_state is None and type(zs) in (list, tuple) and zs and isinstance(zs[0], _Tensor):
+        raw = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+        hit = _fast_lookup(_memo_foreach, "langevin_step_foreach_", zs[0], backend, step, seed, offset, raw)
+    if hit is not None:
+        # The kernels check every tensor (dtype, shape, device; the fake kernel that meta tensors
+        # reach checks devices) before writing any.
+        op, hyper = hit
+        args = (zs, grads, vs, step, *hyper, seed - _2_64 if seed > _I64 else seed)
+        args += (offset - _2_64 if offset > _I64 else offset,)
+        try:
+            if _grad_enabled():
+                with torch.no_grad():
+                    op(*args)
+            else:
+                op(*args)
+            return
+        except (RuntimeError, TypeError, ValueError) as exc:
+            refused = exc
+        _check_tensor_lists(zs, grads, vs)  # names the list and index when a kernel refused one
+        raise refused
+    _langevin_step_foreach_checked(
+        zs,
+        grads,
+        vs,
+        step=step,
+        step_size=step_size,
+        beta=beta,
+        eps=eps,
+        temperature=temperature,
+        bias_correction=bias_correction,
+        precondition=precondition,
+        prior_grad=prior_grad,
+        seed=seed,
+        offset=offset,
+        rng_state=rng_state,
+        backend=backend,
+    )
+
+
+def _langevin_step_foreach_checked(
+    zs,
+    grads,
+    vs,
+    *,
+    step,
+    step_size,
+    beta,
+    eps,
+    temperature,
+    bias_correction,
+    precondition,
+    prior_grad,
+    seed,
+    offset,
+    rng_state,
+    backend,
+) -> None:
+    """:func:`langevin_step_foreach_` with every argument checked in Python (fills the fast path's cache)."""
     _check_tensor_lists(zs, grads, vs)
     hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
     z0 = zs[0] if len(zs) else None
@@ -328,6 +574,8 @@ def langevin_step_foreach_(
             get_backend(backend)  # an unknown name is an error even with nothing to update
         return
     chosen = select_backend(z0.device, backend)
+    _remember("langevin_step_foreach_", z0.device, chosen, backend, hyper, step, seed, offset, step_size,
+              beta, eps, temperature, bias_correction, precondition, prior_grad)  # fmt: skip
     if torch.is_grad_enabled():
         with torch.no_grad():
             chosen.step_foreach_(
@@ -455,154 +703,10 @@ def make_rng_state(
 
 
 # --------------------------------------------------------------------------------------------------
-# Dispatcher registration: the reference as custom ops, fake kernels, autograd for every backend.
+# Dispatcher registration (lpc_fast._schemas): the C++ ops' schemas then the extension's kernels,
+# and the reference backend's ops, so that torch.ops.lpc_fast.<op> exist once lpc_fast is imported.
+# The Triton ops register when that backend is first used (it needs Triton).
 # --------------------------------------------------------------------------------------------------
 
-_REF = get_backend("reference")
-_HYPER_NAMES = ("step_size", "beta", "eps", "temperature", "bias_correction", "precondition", "prior_grad")
-
-
-def _hyper_from(args) -> dict:
-    return dict(zip(_HYPER_NAMES, args))
-
-
-@torch.library.custom_op("lpc_fast::reference_langevin_fwd", mutates_args=())
-def _reference_fwd(
-    z: torch.Tensor,
-    grad: torch.Tensor,
-    v: torch.Tensor,
-    step: int,
-    step_size: float,
-    beta: float,
-    eps: float,
-    temperature: float,
-    bias_correction: bool,
-    precondition: bool,
-    prior_grad: bool,
-    seed: int,
-    offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    hyper = _hyper_from((step_size, beta, eps, temperature, bias_correction, precondition, prior_grad))
-    return _REF.forward(z, grad, v, step=step, seed=seed, offset=offset, **hyper)
-
-
-@torch.library.custom_op("lpc_fast::reference_langevin_bwd", mutates_args=())
-def _reference_bwd(
-    grad_z_new: torch.Tensor,
-    grad_v_new: torch.Tensor | None,
-    z: torch.Tensor,
-    grad: torch.Tensor,
-    v: torch.Tensor,
-    step: int,
-    step_size: float,
-    beta: float,
-    eps: float,
-    temperature: float,
-    bias_correction: bool,
-    precondition: bool,
-    prior_grad: bool,
-    seed: int,
-    offset: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    hyper = _hyper_from((step_size, beta, eps, temperature, bias_correction, precondition, prior_grad))
-    return _REF.backward(grad_z_new, grad_v_new, z, grad, v, step=step, seed=seed, offset=offset, **hyper)
-
-
-def _fake_fwd(z, grad, v, *args):
-    # Kernels return fresh contiguous tensors: z_new in z's dtype, v_new float32.
-    return (
-        torch.empty(z.shape, dtype=z.dtype, device=z.device),
-        torch.empty(z.shape, dtype=torch.float32, device=z.device),
-    )
-
-
-def _fake_bwd(grad_z_new, grad_v_new, z, grad, v, *args):
-    return (
-        torch.empty(z.shape, dtype=z.dtype, device=z.device),
-        torch.empty(z.shape, dtype=z.dtype, device=z.device),
-    )
-
-
-def _fake_void(*args):
-    return None
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    z, grad, v, *scalars = inputs
-    ctx.save_for_backward(z, grad, v)
-    ctx.scalars = scalars
-
-
-def _make_backward(bwd_op):
-    def backward(ctx, grad_z_new, grad_v_new):
-        z, grad, v = ctx.saved_tensors
-        gz, gg = bwd_op(grad_z_new.contiguous(), grad_v_new, z, grad, v, *ctx.scalars)
-        return (gz, gg, None) + (None,) * len(ctx.scalars)
-
-    return backward
-
-
-torch.library.register_fake("lpc_fast::reference_langevin_fwd")(_fake_fwd)
-torch.library.register_fake("lpc_fast::reference_langevin_bwd")(_fake_bwd)
-torch.library.register_autograd(
-    "lpc_fast::reference_langevin_fwd",
-    _make_backward(torch.ops.lpc_fast.reference_langevin_bwd),
-    setup_context=_setup_context,
-)
-
-
-class _ReferenceOpsBackend(type(_REF)):
-    """The reference backend, routed through its custom ops so autograd and compile see one op."""
-
-    def forward(self, z, grad, v, *, step, seed, offset, **hyper):
-        h = [hyper[k] for k in _HYPER_NAMES]
-        return torch.ops.lpc_fast.reference_langevin_fwd(z, grad, v, step, *h, seed, offset)
-
-
-_BACKENDS["reference"] = _ReferenceOpsBackend()
-
-
-def register_dispatcher_ops(prefix: str) -> None:
-    """Register fake kernels and autograd for ``lpc_fast::<prefix>langevin_*`` dispatcher ops.
-
-    Called for the C++ ops (prefix ``""``) once ``lpc_fast._C`` is loaded. Registration that already
-    exists (e.g. done by the op's own module) is left alone.
-    """
-    ns = torch.ops.lpc_fast
-    fakes = {
-        "langevin_fwd": _fake_fwd,
-        "langevin_bwd": _fake_bwd,
-        "langevin_step_": _fake_void,
-        "langevin_step_state_": _fake_void,
-        "langevin_step_foreach_": _fake_void,
-        "langevin_step_foreach_state_": _fake_void,
-        "philox_normal_": _fake_void,
-        "philox_uint32_": _fake_void,
-    }
-    for name, fake in fakes.items():
-        if not hasattr(ns, prefix + name):
-            continue
-        try:
-            torch.library.register_fake(f"lpc_fast::{prefix}{name}")(fake)
-        except RuntimeError:
-            pass  # already has a fake (registered by its own module)
-    if hasattr(ns, f"{prefix}langevin_fwd") and hasattr(ns, f"{prefix}langevin_bwd"):
-        try:
-            torch.library.register_autograd(
-                f"lpc_fast::{prefix}langevin_fwd",
-                _make_backward(getattr(ns, f"{prefix}langevin_bwd")),
-                setup_context=_setup_context,
-            )
-        except RuntimeError:
-            pass  # its own module registered autograd already
-
-
-def _register_extension() -> None:
-    try:
-        import lpc_fast._C  # noqa: F401  (loads the TORCH_LIBRARY schemas)
-    except ImportError:
-        return
-    register_dispatcher_ops("")
-
-
-_register_extension()
+_load_extension()
+get_backend("reference")._register()

@@ -156,3 +156,30 @@ def test_import_does_not_need_triton():
     code = "import sys; sys.modules['triton'] = None; import lpc_fast; print(lpc_fast.backends()[0].reason)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "triton is not installed" in out
+
+
+def test_fast_path_keeps_the_named_errors_and_the_selection_rules(monkeypatch):
+    # A successful call caches its backend and hyper-parameters; later calls take the fast path,
+    # which leaves tensor checks to the kernel and must still name the argument it refuses.
+    monkeypatch.delenv("LPC_FAST_BACKEND", raising=False)
+    z, g, v = _zgv()
+    for _ in range(3):  # checked path, then the key cache, then the memo of the last call
+        lpc_fast.langevin_step_(z, g, v, **OK)
+    with pytest.raises(ValueError, match=r"grad must have the shape of z \(8,\), got \(9,\)"):
+        lpc_fast.langevin_step_(z, torch.zeros(9), v, **OK)
+    with pytest.raises(TypeError, match=r"grad must have the dtype of z"):
+        lpc_fast.langevin_step_(z, g.double(), v, **OK)
+    with pytest.raises(TypeError, match=r"v \(the preconditioner state\) must be float32"):
+        lpc_fast.langevin_step_(z, g, v.double(), **OK)
+    with pytest.raises(ValueError, match=r"grad must be on z's device"):
+        lpc_fast.langevin_step_(z, g.to("meta"), v, **OK)
+    with pytest.raises(ValueError, match=r"offset must be in \[0, 2\*\*64\)"):
+        lpc_fast.langevin_step_(z, g, v, **{**OK, "offset": 2**64})
+    with pytest.raises(TypeError, match=r"precondition must be a bool"):
+        lpc_fast.langevin_step_(z, g, v, precondition=1, **OK)
+    # The environment variable and the context still take effect at once.
+    monkeypatch.setenv("LPC_FAST_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match=r"LPC_FAST_BACKEND=cuda"):
+        lpc_fast.langevin_step_(z, g, v, **OK)
+    with lpc_fast.use_backend("reference"):
+        lpc_fast.langevin_step_(z, g, v, **OK)

@@ -7,19 +7,10 @@ import torch
 from _helpers import cpu_backend_params
 
 import lpc_fast
-from lpc_fast import reference, rng
+from lpc_fast import _schemas, reference, rng
 from lpc_fast.dispatch import get_backend
 
 SCALARS = (0.05, 0.9, 1e-3, 0.7, True, True, True)  # step_size, beta, eps, temperature, bc, pc, prior
-
-
-def _op_names(backend: str) -> dict[str, str]:
-    prefix = {"cpu": "", "cuda": "", "triton": "triton_", "reference": "reference_"}[backend]
-    return {
-        "fwd": f"{prefix}langevin_fwd",
-        "bwd": f"{prefix}langevin_bwd",
-        "step_": f"{prefix}langevin_step_",
-    }
 
 
 def test_reference_backward_formula_equals_autograd_of_the_forward():
@@ -82,31 +73,54 @@ def _sample_args(dtype=torch.float32, requires_grad=False):
     return z, g, v
 
 
+def _opcheck_cases(dtype: torch.dtype) -> dict[str, list[tuple]]:
+    """Arguments for every op of the table (keyed by op name)."""
+    seed, offset = rng.to_int64(2**63 + 5), rng.to_int64(2**32 - 1)
+    z, g, v = _sample_args(dtype, requires_grad=True)
+    zs, gs, vs = _sample_args(dtype)
+    gz, gv = torch.randn_like(zs), torch.randn_like(vs)
+    # The foreach ops: a list of two tensors of different shapes and dtypes.
+    z2, g2, v2 = (
+        x[:5].clone() for x in _sample_args(torch.float16 if dtype == torch.float32 else torch.float32)
+    )
+    lists = ([zs.clone(), z2], [gs, g2], [vs.clone(), v2])
+    return {
+        "langevin_fwd": [(z, g, v, 3, *SCALARS, seed, offset)],
+        "langevin_bwd": [
+            (gz, gv, zs, gs, vs, 3, *SCALARS, seed, offset),
+            (gz, None, zs, gs, vs, 3, *SCALARS, seed, offset),
+        ],
+        "langevin_step_": [(zs, gs, vs, 3, *SCALARS, seed, offset)],
+        "langevin_step_state_": [(zs, gs, vs, lpc_fast.make_rng_state(7, 9, 2), *SCALARS)],
+        "langevin_step_foreach_": [(*lists, 3, *SCALARS, seed, offset)],
+        "langevin_step_foreach_state_": [(*lists, lpc_fast.make_rng_state(7, 9, 2), *SCALARS)],
+        "philox_normal_": [(torch.empty(41, dtype=dtype), seed, offset)],
+        "philox_uint32_": [(torch.empty(41, dtype=torch.int64), seed, offset)],
+    }
+
+
 @pytest.mark.parametrize("backend", cpu_backend_params())
 def test_opcheck_every_op(backend):
-    if backend == "triton":
-        pytest.importorskip("lpc_fast.triton")
-    get_backend(backend).availability()  # loads and registers the backend's ops
-    names = _op_names(backend)
-    ns = torch.ops.lpc_fast
-    seed, offset = rng.to_int64(2**63 + 5), rng.to_int64(2**32 - 1)
+    prefix = _schemas.PREFIXES[backend]
+    chosen = get_backend(backend)
     for dtype in (torch.float32, torch.float64):
-        z, g, v = _sample_args(dtype, requires_grad=True)
-        torch.library.opcheck(getattr(ns, names["fwd"]), (z, g, v, 3, *SCALARS, seed, offset))
-        z, g, v = _sample_args(dtype)
-        gz = torch.randn_like(z)
-        gv = torch.randn_like(v)
-        torch.library.opcheck(getattr(ns, names["bwd"]), (gz, gv, z, g, v, 3, *SCALARS, seed, offset))
-        torch.library.opcheck(getattr(ns, names["bwd"]), (gz, None, z, g, v, 3, *SCALARS, seed, offset))
-        if backend != "reference":
-            torch.library.opcheck(getattr(ns, names["step_"]), (z, g, v, 3, *SCALARS, seed, offset))
-            state = lpc_fast.make_rng_state(7, 9, 2)
-            prefix = names["step_"][: -len("langevin_step_")]
-            torch.library.opcheck(getattr(ns, f"{prefix}langevin_step_state_"), (z, g, v, state, *SCALARS))
-            out = torch.empty(41, dtype=dtype)
-            torch.library.opcheck(getattr(ns, f"{prefix}philox_normal_"), (out, seed, offset))
-            words = torch.empty(41, dtype=torch.int64)
-            torch.library.opcheck(getattr(ns, f"{prefix}philox_uint32_"), (words, seed, offset))
+        cases = _opcheck_cases(dtype)
+        assert set(cases) == set(_schemas.OPS), "every op of the table needs a case here"
+        for name in _schemas.OPS:
+            op = chosen._op(name)
+            assert op is getattr(torch.ops.lpc_fast, prefix + name).default
+            assert _schemas.same_schema(name, op), f"{op._schema} != {_schemas.schema(name)}"
+            for args in cases[name]:
+                torch.library.opcheck(op, args)
+
+
+def test_cpp_kernels_attach_to_every_table_op():
+    # The C++ extension defines no schema: every table op gets its kernel from TORCH_LIBRARY_IMPL.
+    if get_backend("cpu").unsupported_reason(torch.device("cpu")) is not None:
+        pytest.skip("lpc_fast._C is not built")
+    for name in _schemas.OPS:
+        qualname = _schemas.qualname("", name)
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CPU"), qualname
 
 
 @pytest.mark.parametrize("backend", cpu_backend_params())

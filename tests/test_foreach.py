@@ -1,5 +1,6 @@
 """The multi-tensor op ``langevin_step_foreach_``: bit-identical to the per-tensor loop on every
-backend, the same checks and errors, capturable mode, opcheck and torch.compile.
+backend, the same checks and errors, capturable mode and torch.compile (opcheck of its dispatcher
+ops on every backend: tests/test_dispatcher_ops.py).
 
 The Triton cases run under ``TRITON_INTERPRET=1`` on CPU (skipped otherwise, with the reason).
 Sizes stay small: the interpreter pays per program, not per element.
@@ -13,7 +14,6 @@ from _helpers import cpu_backend_params
 
 import lpc_fast
 from lpc_fast import rng
-from lpc_fast.dispatch import get_backend
 
 SEED = 2**63 + 99  # above 2**63: exercises the unsigned -> int64 carrier
 OFFSET = 2**32 - 5  # the low counter word carries into the high word inside the list
@@ -199,27 +199,6 @@ def test_bad_scalars_are_named_as_for_the_single_op(change, exc, match):
         lpc_fast.langevin_step_foreach_([z], [g], [v], **{**OK, **change})
 
 
-def _foreach_op(backend):
-    if backend == "triton":
-        pytest.importorskip("lpc_fast.triton")
-    get_backend(backend).availability()  # loads and registers the backend's ops
-    prefix = {"cpu": "", "triton": "triton_"}[backend]
-    ns = torch.ops.lpc_fast
-    return getattr(ns, f"{prefix}langevin_step_foreach_"), getattr(
-        ns, f"{prefix}langevin_step_foreach_state_"
-    )
-
-
-@pytest.mark.parametrize("backend", [p for p in cpu_backend_params() if p.id != "reference"])
-def test_opcheck_foreach_ops(backend):
-    op, state_op = _foreach_op(backend)
-    zs, gs, vs = _list(MIXED[:4])
-    scalars = (0.05, 0.9, 1e-3, 0.7, True, True, True)
-    seed, offset = rng.to_int64(2**63 + 5), rng.to_int64(2**32 - 1)
-    torch.library.opcheck(op, (zs, gs, vs, 3, *scalars, seed, offset))
-    torch.library.opcheck(state_op, (zs, gs, vs, lpc_fast.make_rng_state(7, 9, 2), *scalars))
-
-
 @pytest.mark.parametrize("backend", cpu_backend_params())
 def test_compiled_foreach_loop_matches_eager_with_at_most_one_recompile(backend):
     import torch._dynamo
@@ -246,3 +225,21 @@ def test_compiled_foreach_loop_matches_eager_with_at_most_one_recompile(backend)
     for a, b in zip(z_c + v_c, z_e + v_e):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+
+
+def test_fast_path_keeps_the_named_errors():
+    a, b = _triple(), _triple(3, torch.float64)
+    zs, gs, vs = [a[0], b[0]], [a[1], b[1]], [a[2], b[2]]
+    for _ in range(3):  # checked path, then the key cache, then the memo of the last call
+        lpc_fast.langevin_step_foreach_(zs, gs, vs, **OK)
+    f = lpc_fast.langevin_step_foreach_
+    with pytest.raises(ValueError, match=r"vs\[1\] must have the shape of zs\[1\] \(3,\), got \(4,\)"):
+        f(zs, gs, [vs[0], vs[0]], **OK)
+    with pytest.raises(TypeError, match=r"grads\[1\] must have the dtype of zs\[1\]"):
+        f(zs, [gs[0], gs[1].float()], vs, **OK)
+    with pytest.raises(ValueError, match=r"grads must hold one tensor per tensor of zs \(2\), got 1"):
+        f(zs, gs[:1], vs, **OK)
+    with pytest.raises(ValueError, match=r"grads\[0\] must be on zs\[0\]'s device"):
+        f(zs, [gs[0].to("meta"), gs[1]], vs, **OK)
+    with pytest.raises(TypeError, match=r"zs\[1\] must be a torch.Tensor, got list"):
+        f([zs[0], [0.0]], gs, vs, **OK)

@@ -21,8 +21,10 @@ iteration builds and copies them once. A cache hit also means no host-to-device 
 capturable step can be recorded into a CUDA graph once it has run eagerly on the same tensors.
 Non-contiguous tensors go through contiguous copies (whose addresses change from call to call).
 
-The op is an opaque ``custom_op`` on every device: the table is built from real addresses,
-which ``torch.compile`` cannot trace through ``triton_op``.
+The ops are registered (as ``lpc_fast::triton_langevin_step_foreach_`` and ``..._state_``) from
+the op table through :mod:`lpc_fast.triton.launch`, always as opaque ``custom_op``
+(``OpSpec.opaque``): the table is built from real addresses, which ``torch.compile`` cannot
+trace through ``triton_op``.
 """
 
 from __future__ import annotations
@@ -295,79 +297,3 @@ def langevin_step_foreach_state_(
     _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
     _, total = rng.foreach_offsets(0, [z.numel() for z in zs])
     advance_state_kernel[(1,)](state, total)
-
-
-# --------------------------------------------------------------------------------------------------
-# dispatcher registration (opaque custom ops everywhere, see the module docstring)
-# --------------------------------------------------------------------------------------------------
-
-_UPDATE = (
-    "float step_size, float beta, float eps, float temperature, "
-    "bool bias_correction, bool precondition, bool prior_grad"
-)
-SCHEMAS = {
-    "triton_langevin_step_foreach_": (
-        f"(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, SymInt step, {_UPDATE}, "
-        "SymInt seed, SymInt offset) -> ()"
-    ),
-    "triton_langevin_step_foreach_state_": (
-        f"(Tensor(a!)[] zs, Tensor[] grads, Tensor(b!)[] vs, Tensor(c!) state, {_UPDATE}) -> ()"
-    ),
-}
-
-
-def _step(
-    zs,
-    grads,
-    vs,
-    step,
-    step_size,
-    beta,
-    eps,
-    temperature,
-    bias_correction,
-    precondition,
-    prior_grad,
-    seed,
-    offset,
-):
-    langevin_step_foreach_(
-        zs,
-        grads,
-        vs,
-        step,
-        step_size,
-        beta,
-        eps,
-        temperature,
-        bias_correction,
-        precondition,
-        prior_grad,
-        seed,
-        offset,
-    )
-
-
-def _step_fake(zs, grads, vs, *args):
-    _check_lists(zs, grads, vs)
-
-
-def _state(
-    zs, grads, vs, state, step_size, beta, eps, temperature, bias_correction, precondition, prior_grad
-):
-    langevin_step_foreach_state_(
-        zs, grads, vs, state, step_size, beta, eps, temperature, bias_correction, precondition, prior_grad
-    )
-
-
-def _state_fake(zs, grads, vs, state, *args):
-    _check_lists(zs, grads, vs)
-
-
-for _name, _fn, _mutates, _fake in (
-    ("triton_langevin_step_foreach_", _step, ("zs", "vs"), _step_fake),
-    ("triton_langevin_step_foreach_state_", _state, ("zs", "vs", "state"), _state_fake),
-):
-    torch.library.custom_op(
-        f"lpc_fast::{_name}", _fn, mutates_args=_mutates, schema=SCHEMAS[_name]
-    ).register_fake(_fake)

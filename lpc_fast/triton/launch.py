@@ -39,6 +39,8 @@ __all__ = [
     "langevin_step_state_",
     "langevin_fwd",
     "langevin_bwd",
+    "langevin_step_foreach_",
+    "langevin_step_foreach_state_",
     "philox_normal_",
     "philox_uint32_",
 ]
@@ -407,3 +409,7 @@ def philox_uint32_(
     )
     if not out.is_contiguous():
         out.copy_(oc)
+
+
+# The multi-tensor step (its own module: a pointer-table kernel with a host-side table cache).
+from .foreach import langevin_step_foreach_, langevin_step_foreach_state_  # noqa: E402
