@@ -325,14 +325,10 @@ def _resolve_lr(lr: Any, step_size: Any, where: str) -> tuple[str, Any]:
 class _Run:
     """Consecutive latents that share one fused call: device, step count, frozen flag and hyper-parameters."""
 
-    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key", "device", "layout")
+    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key")
 
-    def __init__(
-        self, key: tuple, device: torch.device, step: int, freeze_at: int | None, hyper: dict[str, Any]
-    ) -> None:
+    def __init__(self, key: tuple, step: int, freeze_at: int | None, hyper: dict[str, Any]) -> None:
         self.key = key
-        self.device = device
-        self.layout: list[tuple[torch.Size, torch.dtype]] = []  # what each gradient must match
         self.zs: list[torch.Tensor] = []
         self.vs: list[torch.Tensor] = []
         self.states: list[dict[str, Any]] = []
@@ -374,25 +370,6 @@ class _Plan:
                 gs.append(g)
             out.append(gs)
         return out
-
-
-def _matches(run: _Run, grads: list[torch.Tensor]) -> bool:
-    """Whether every gradient has its latent's shape, dtype and device, and no latent changed layout."""
-    device = run.device
-    for z, g, (shape, dtype) in zip(run.zs, grads, run.layout):
-        if g.shape != shape or g.dtype is not dtype or z.shape != shape or z.dtype is not dtype:
-            return False
-        if g.device != device or z.device != device:
-            return False
-    return True
-
-
-def _launch(backend: Any, run: _Run, grads: list[torch.Tensor], step: int, seed: int, offset: int) -> None:
-    """One kernel launch for the run (``seed``/``offset`` as the int64 carriers the kernels take)."""
-    if len(run.zs) > 1:
-        backend.step_foreach_(run.zs, grads, run.vs, step=step, seed=seed, offset=offset, **run.hyper)
-    elif run.counters:  # an empty tensor has nothing to update
-        backend.step_(run.zs[0], grads[0], run.vs[0], step=step, seed=seed, offset=offset, **run.hyper)
 
 
 def _snapshot(groups: list[dict[str, Any]]) -> list[tuple]:
@@ -689,9 +666,8 @@ class LangevinSampler(torch.optim.Optimizer):
                 key = (z.device, st["step"], st["frozen"], *hyper.values())
                 if not runs or runs[-1].key != key:
                     freeze_at = None if n is None or st["frozen"] or self.mode == "ula" else n
-                    runs.append(_Run(key, z.device, st["step"], freeze_at, hyper))
+                    runs.append(_Run(key, st["step"], freeze_at, hyper))
                 run = runs[-1]
-                run.layout.append((z.shape, z.dtype))
                 run.zs.append(z)
                 run.vs.append(st["v"])
                 run.states.append(st)
@@ -799,33 +775,20 @@ class LangevinSampler(torch.optim.Optimizer):
             plan = self._build_plan()
             grads = [[z.grad for z in run.zs] for run in plan.runs]
         noise, backend = self._noise, self.backend
-        no_grad = torch.is_grad_enabled()
         for run, gs in zip(plan.runs, grads):
             s = run.step = run.step + 1
             for st in run.states:
                 st["step"] = s
-            offset = noise.reserve(run.counters)
-            if _matches(run, gs):
-                # The plan validated the latents, states and hyper-parameters, and _matches the gradients:
-                # the backend's kernel is called directly, without the public op's per-call checks.
-                chosen = select_backend(run.device, backend)  # per step: use_backend() contexts apply
-                seed64, offset64 = rng.to_int64(noise.seed), rng.to_int64(offset)
-                if no_grad:
-                    with torch.no_grad():
-                        _launch(chosen, run, gs, s, seed64, offset64)
-                else:
-                    _launch(chosen, run, gs, s, seed64, offset64)
-            else:  # the public op names what is wrong with the gradient
-                _fused_update(
-                    run.zs,
-                    gs,
-                    run.vs,
-                    step=s,
-                    seed=noise.seed,
-                    offset=offset,
-                    backend=backend,
-                    hyper=run.hyper,
-                )
+            _fused_update(
+                run.zs,
+                gs,
+                run.vs,
+                step=s,
+                seed=noise.seed,
+                offset=noise.reserve(run.counters),
+                backend=backend,
+                hyper=run.hyper,
+            )
         if self.record_diagnostics:
             self.diagnostics.record(energies, [g for gs in grads for g in gs])
         return energies
