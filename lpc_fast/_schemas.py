@@ -22,16 +22,20 @@ dispatcher already verifies those signatures against the schema at registration.
 
 Adding an op
 ------------
-1. Add an :class:`OpSpec` to :data:`OPS` (schema, fake; ``autograd`` if differentiable).
-2. Write its kernels: a C++ function registered with ``m.impl("<op>", ...)`` in the
-   ``TORCH_LIBRARY_IMPL(lpc_fast, CPU, m)`` block of ``csrc/bindings.cpp`` and the
-   ``CUDA`` block of ``csrc/cuda/langevin_cuda_ops.cpp``; a launcher named ``<op>``
-   in :mod:`lpc_fast.triton.launch`; a function named ``<op>`` in
-   :mod:`lpc_fast._reference_kernels`. The Python kernels are called with the op's
-   arguments as keywords named as in the schema. Registration is automatic; a
-   Python backend lacking a kernel for a table op fails at import, and
-   ``tests/test_dispatcher_ops.py`` checks every table op of every backend.
-3. Give :class:`lpc_fast.dispatch._DispatcherBackend` a method calling it (``self._op("<op>")``).
+1. Add an :class:`OpSpec` to :data:`OPS`: the schema, a fake kernel (called with the op's
+   arguments as keywords), and ``autograd`` if it is differentiable.
+2. Write its kernels. C++: a function registered with ``m.impl("<op>", ...)`` in the
+   ``TORCH_LIBRARY_IMPL(lpc_fast, CPU, m)`` block of ``csrc/bindings.cpp`` and in the ``CUDA``
+   block of ``csrc/cuda/langevin_cuda_ops.cpp`` (no ``m.def``: the schema comes from here).
+   Python: a launcher named ``<op>`` in :mod:`lpc_fast.triton.launch` and a function named
+   ``<op>`` in :mod:`lpc_fast._reference_kernels`, both called with the op's arguments as
+   keywords named as in the schema (the launcher also takes ``wrap=``). Registration is then
+   automatic; a Python backend without a kernel for a table op fails at import.
+3. Give :class:`lpc_fast.dispatch._DispatcherBackend` a method that calls
+   ``self._op("<op>")(...)``: every backend object gets it.
+4. Tests: add the op's arguments to ``_opcheck_cases`` in ``tests/test_dispatcher_ops.py`` and
+   ``tests/test_triton_backend.py`` (both refuse a table op without a case); a new Triton
+   kernel goes into ``VARIANTS`` / ``INT_FLAGS`` of ``tests/test_triton_aot.py``.
 """
 
 from __future__ import annotations
@@ -322,6 +326,7 @@ def register_python_kernels(
     *,
     triton_op: bool = False,
     wrap: Callable[[Any], Any] | None = None,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Define every table op for ``backend`` with the kernels ``kernels.<op>``.
 
@@ -336,6 +341,8 @@ def register_python_kernels(
         Triton kernel they launch) so inductor sees the kernels; else an opaque ``custom_op``.
     wrap : callable, optional
         Passed to the kernels as ``wrap=`` (``torch.library.wrap_triton`` with ``triton_op``).
+    prefix : str, optional
+        Op-name prefix (default: the backend's, :data:`PREFIXES`; tests register other flavours).
 
     Returns
     -------
@@ -349,7 +356,7 @@ def register_python_kernels(
     RuntimeError
         When a registered schema differs from the table (a ``triton_op`` infers it).
     """
-    prefix = PREFIXES[backend]
+    prefix = PREFIXES[backend] if prefix is None else prefix
     missing = [name for name in OPS if not callable(getattr(kernels, name, None))]
     if missing:
         raise NotImplementedError(

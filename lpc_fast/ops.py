@@ -225,6 +225,8 @@ _memo_foreach: list[tuple | None] = [None]
 
 def _fast_lookup(memo, name, z, backend, step, seed, offset, raw):
     """``(op, hyper)`` for a call the fast path may take, or None (the checked path)."""
+    if _is_compiling():  # torch.compile traces the checked path (its selection is constant-folded)
+        return None
     m = memo[0]
     ctx = _context_stack[-1] if _context_stack else None
     env = env_request()
@@ -247,7 +249,6 @@ def _fast_lookup(memo, name, z, backend, step, seed, offset, raw):
         and 1 <= step
         and 0 <= seed <= _U64
         and 0 <= offset <= _U64
-        and not _is_compiling()
     ):
         return m[11]
     device = z.device

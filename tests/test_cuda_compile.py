@@ -138,6 +138,10 @@ int main() {
   bad += launch_backward(o, f, o, o, f, o, o, 0, f64, p, 1, 1, 0, 0) != ok;
   bad += launch_philox_normal(o, 0, f32, 1, 0, 0) != ok;
   bad += launch_philox_uint32(nullptr, 0, 1, 0, 0) != ok;
+  // Foreach without a state: an empty list, and a list of empty tensors, launch nothing.
+  const ForeachTensor empty[2] = {{o, o, f, 0, f32}, {o, o, f, 0, f64}};
+  bad += launch_step_foreach(nullptr, 0, p, 1, 1, 0, nullptr, 0) != ok;
+  bad += launch_step_foreach(empty, 2, p, 1, 1, 0, nullptr, 0) != ok;
   // The state variant always launches (an empty step still advances the state): only link it.
   volatile bool never = false;
   if (never) launch_step_state_inplace(o, o, f, nullptr, 0, f32, p, 0);

@@ -382,6 +382,75 @@ def test_argument_checks():
 
 
 # ------------------------------------------------------------------------------------------------
+# device pinning: Triton launches on the current CUDA device, so every launch enters z's device
+# ------------------------------------------------------------------------------------------------
+
+
+def test_device_guard_is_the_cuda_device_context_for_cuda_tensors_only():
+    assert launch._device_guard(torch.device("cpu")) is None
+    guard = launch._device_guard(torch.device("cuda", 1))  # constructing it needs no GPU
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+
+
+def _run_every_launcher(device):
+    z, g, v = make_inputs((3, 5), torch.float32, False, seed=10)  # strided: copy-back paths too
+    scal = (2, 0.05, 0.9, 1e-3, 1.0, True, True, True, SEED64, OFFSET)
+    launch.langevin_step_(z, g, v, *scal)
+    launch.langevin_step_state_(z, g, v, torch.tensor([1, 2, 3], device=device), *scal[1:8])
+    launch.langevin_step_state_(z[:0], g[:0], v[:0], torch.tensor([1, 2, 3], device=device), *scal[1:8])
+    launch.langevin_fwd(z, g, v, *scal)
+    launch.langevin_bwd(torch.ones_like(z), torch.ones_like(v), z, g, v, *scal)
+    launch.philox_normal_(torch.empty(7, device=device), 1, 1)
+    launch.philox_uint32_(torch.empty(7, dtype=torch.int64, device=device), 1, 1)
+    z2, g2, v2 = make_inputs((4,), torch.float64, True, seed=11)
+    launch.langevin_step_foreach_([z, z2], [g, g2], [v, v2], *scal)
+    launch.langevin_step_foreach_state_(
+        [z, z2], [g, g2], [v, v2], torch.tensor([1, 2, 3], device=device), *scal[1:8]
+    )
+
+
+def test_every_launch_runs_inside_the_guard_of_the_tensors_device(monkeypatch):
+    # No second GPU here: make the guard a recorder for every device (on a GPU it is entered only
+    # for CUDA tensors, checked above), wrap each kernel to see whether it launches inside it,
+    # and run every launcher.
+    entered: list[torch.device] = []
+    active: list[torch.device] = []
+    launched: list[tuple[str, torch.device | None]] = []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+            active.append(self.device)
+
+        def __exit__(self, *exc):
+            active.pop()
+
+    class Kernel:
+        def __init__(self, name, real):
+            self.name, self.real = name, real
+
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                launched.append((self.name, active[-1] if active else None))
+                return self.real[grid](*args, **meta)
+
+            return run
+
+    monkeypatch.setattr(launch, "_device_guard", Guard)
+    names = ["langevin_fwd_kernel", "langevin_bwd_kernel", "advance_state_kernel"]
+    names += ["philox_normal_kernel", "philox_uint32_kernel", "langevin_foreach_kernel"]
+    for name in names:
+        monkeypatch.setattr(launch.kernels, name, Kernel(name, getattr(launch.kernels, name)))
+    _run_every_launcher(DEVICE)
+    assert {name for name, _ in launched} == set(names)
+    assert all(device == DEVICE for _, device in launched), launched
+    assert len(entered) == len(launched)
+
+
+# ------------------------------------------------------------------------------------------------
 # dispatcher integration
 # ------------------------------------------------------------------------------------------------
 
@@ -398,6 +467,30 @@ def test_registered_schemas(name):
     assert _schemas.normalised_schema(inferred) == _schemas.normalised_schema(_schemas.schema(name))
 
 
+def test_triton_op_registration_from_the_table():
+    # A GPU registers the launchers as triton_op (inductor sees the kernels); this machine may not.
+    # Register that flavour under another prefix and check its schemas and an eager call: eager
+    # triton_op calls launch the kernels directly (wrap_triton is off), so they run here too.
+    if not hasattr(LIB, "tritonop_langevin_fwd"):
+        _schemas.register_python_kernels(
+            "triton", launch, triton_op=True, wrap=torch.library.wrap_triton, prefix="tritonop_"
+        )
+    for name in _schemas.OPS:
+        assert _schemas.same_schema(name, getattr(LIB, f"tritonop_{name}").default), name
+    z, g, v = make_inputs((33,), torch.float32, True, seed=11)
+    args = (z, g, v, 1, 0.05, 0.9, 1e-3, 1.0, True, True, True, SEED64, OFFSET)
+    want = LIB.triton_langevin_fwd(*args)
+    got = LIB.tritonop_langevin_fwd(*args)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # Its autograd comes from the table too.
+    z.requires_grad_()
+    grads = [
+        torch.autograd.grad(op(z, *args[1:])[0].sum(), z)[0]
+        for op in (LIB.triton_langevin_fwd, LIB.tritonop_langevin_fwd)
+    ]
+    assert torch.equal(grads[0], grads[1])
+
+
 def _opcheck_cases():
     def upd(dtype=torch.float32, grad=False):
         z, g, v = make_inputs((5, 7), dtype, True, seed=8)
@@ -412,6 +505,14 @@ def _opcheck_cases():
         "langevin_step_state_": (z, g, v, state, *scal[1:8]),
         "langevin_fwd": (zd, gd, vd, *scal),
         "langevin_bwd": (torch.randn_like(z), torch.randn_like(v), z, g, v, *scal),
+        "langevin_step_foreach_": ([z, zd.detach().clone()], [g, gd.detach()], [v, vd.clone()], *scal),
+        "langevin_step_foreach_state_": (
+            [z, zd.detach().clone()],
+            [g, gd.detach()],
+            [v, vd.clone()],
+            state,
+            *scal[1:8],
+        ),
         "philox_normal_": (torch.empty(5, 7, device=DEVICE), 3, 2**33 + 1),
         "philox_uint32_": (torch.empty(5, 7, dtype=torch.int64, device=DEVICE), -1, 2**40),
     }

@@ -33,11 +33,9 @@ from collections import OrderedDict
 
 import torch
 import triton
-import triton.language as tl
 
 from .. import rng
-from . import launch
-from .kernels import _bias_correction, _cvt, _f64, _normals, _sqrt, advance_state_kernel
+from . import kernels, launch
 
 __all__ = ["langevin_step_foreach_", "langevin_step_foreach_state_", "TABLE_CACHE_SIZE"]
 
@@ -46,124 +44,6 @@ TABLE_CACHE_SIZE = 8
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _TENSOR_COLUMNS = 6  # z address, grad address, v address, numel, relative offset, dtype code
 _tables: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = OrderedDict()
-
-
-# --------------------------------------------------------------------------------------------------
-# kernel
-# --------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _foreach_tile(
-    z_addr,
-    g_addr,
-    v_addr,
-    n,
-    seed,
-    offset,
-    blk,
-    c64,
-    eta64,
-    beta64,
-    omb64,
-    eps64,
-    ns64,
-    DTYPE: tl.constexpr,
-    BLOCK: tl.constexpr,
-    F64: tl.constexpr,
-    PRECONDITION: tl.constexpr,
-    PRIOR_GRAD: tl.constexpr,
-):
-    """Block ``blk`` of one tensor: the body of ``kernels.langevin_fwd_kernel`` (in place)."""
-    z_ptr = z_addr.to(tl.pointer_type(DTYPE))
-    g_ptr = g_addr.to(tl.pointer_type(DTYPE))
-    v_ptr = v_addr.to(tl.pointer_type(tl.float32))
-    offs = blk * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < n
-    c = _cvt(c64, F64)
-    eta = _cvt(eta64, F64)
-    beta = _cvt(beta64, F64)
-    omb = _cvt(omb64, F64)
-    eps = _cvt(eps64, F64)
-    ns = _cvt(ns64, F64)
-    noise = _normals(seed, offset, blk, BLOCK, F64)
-    z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
-    g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
-    if PRIOR_GRAD:
-        s = g + z
-    else:
-        s = g
-    if PRECONDITION:
-        v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        v_new = beta * v + omb * s * s
-        p = 1.0 / (eps + _sqrt(v_new * c, F64))
-        z_new = z - eta * p * s + ns * _sqrt(p, F64) * noise
-        tl.store(v_ptr + offs, v_new.to(tl.float32), mask=mask)
-    else:
-        z_new = z - eta * s + ns * noise
-    tl.store(z_ptr + offs, z_new.to(DTYPE), mask=mask)
-
-
-@triton.jit(do_not_specialize=["seed", "offset", "step"])
-def langevin_foreach_kernel(
-    tensors_ptr,
-    programs_ptr,
-    state_ptr,
-    seed: tl.int64,
-    offset: tl.int64,
-    step: tl.int64,
-    eta_hi,
-    eta_lo,
-    beta_hi,
-    beta_lo,
-    omb_hi,
-    omb_lo,
-    eps_hi,
-    eps_lo,
-    ns_hi,
-    ns_lo,
-    BLOCK: tl.constexpr,
-    BIAS_CORRECTION: tl.constexpr,
-    PRECONDITION: tl.constexpr,
-    PRIOR_GRAD: tl.constexpr,
-    USE_STATE: tl.constexpr,
-):
-    """One block of one tensor per program; ``programs[pid] = (tensor row, block)``."""
-    pid = tl.program_id(0).to(tl.int64)
-    row = tl.load(programs_ptr + 2 * pid)
-    blk = tl.load(programs_ptr + 2 * pid + 1)
-    if USE_STATE:
-        seed = tl.load(state_ptr)
-        offset = tl.load(state_ptr + 1)
-        step = tl.load(state_ptr + 2)
-    meta = tensors_ptr + 6 * row
-    z_addr = tl.load(meta)
-    g_addr = tl.load(meta + 1)
-    v_addr = tl.load(meta + 2)
-    n = tl.load(meta + 3)
-    rel = tl.load(meta + 4)
-    code = tl.load(meta + 5)
-    # The tensor's counter: offset + rel modulo 2**64 (unsigned, as the counter words wrap).
-    tensor_offset = (offset.to(tl.uint64) + rel.to(tl.uint64)).to(tl.int64)
-    beta64 = _f64(beta_hi, beta_lo)
-    c64 = _bias_correction(step, beta64, BIAS_CORRECTION)
-    eta64 = _f64(eta_hi, eta_lo)
-    omb64 = _f64(omb_hi, omb_lo)
-    eps64 = _f64(eps_hi, eps_lo)
-    ns64 = _f64(ns_hi, ns_lo)
-    # Pointer element types must be compile-time constants: one branch per dtype (_DTYPE_CODES).
-    if code == 0:
-        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.float32, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
-    elif code == 1:
-        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.float64, BLOCK, True, PRECONDITION, PRIOR_GRAD)  # fmt: skip
-    elif code == 2:
-        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.float16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
-    else:
-        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.bfloat16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,7 +109,11 @@ def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, bloc
     gc = [launch._contig(g) for g in grads]
     vc = [launch._contig(v) for v in vs]
     tensors, programs, count = _tables_for(zc, gc, vc, device, block)
-    langevin_foreach_kernel[(count,)](
+    launch._launch_on(
+        device,
+        kernels.langevin_foreach_kernel,
+        (count,),
+        None,
         tensors,
         programs,
         tensors if state is None else state,
@@ -296,4 +180,4 @@ def langevin_step_foreach_state_(
     hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
     _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
     _, total = rng.foreach_offsets(0, [z.numel() for z in zs])
-    advance_state_kernel[(1,)](state, total)
+    launch._launch_on(state.device, kernels.advance_state_kernel, (1,), None, state, total)

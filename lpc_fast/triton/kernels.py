@@ -17,7 +17,12 @@ two uint32 words used here. Calling ``tl.philox`` with uint32 words yields the
 same stream on every release.
 
 Seeds, offsets and steps arrive as int64 scalars (the bits of the unsigned
-64-bit values). They are split into uint32 words with signed shifts and masks,
+64-bit values), or as int32 when they fit, or as the compile-time constant 1:
+Triton's launcher turns an integer argument equal to 1 into a ``constexpr``, and
+so does the code ``torch.compile`` generates, whatever ``do_not_specialize`` says.
+A constant is a Python int in the kernel, without ``.to``, so every integer
+argument goes through ``tl.cast`` (which makes a tensor of a constant) first.
+They are split into uint32 words with signed shifts and masks,
 never with bitcasts: the interpreter stores an int in ``[2**31, 2**32)`` as a
 4-byte value tagged int64, which a bitcast to a 64-bit type rejects (see ``_words``).
 
@@ -42,7 +47,7 @@ def _words(x):
     """uint32 (low, high) words of a uint64 value carried as an int64 scalar."""
     # Through uint64 and back: a no-op on GPUs; under the interpreter it also widens an int
     # stored as 4 bytes but tagged int64 (values in [2**31, 2**32)), which shifts would misread.
-    x = x.to(tl.uint64).to(tl.int64)
+    x = tl.cast(tl.cast(x, tl.int64), tl.uint64).to(tl.int64)
     lo = (x & 0xFFFFFFFF).to(tl.uint32)
     hi = ((x >> 32) & 0xFFFFFFFF).to(tl.uint32)
     return lo, hi
@@ -76,7 +81,7 @@ def _sqrt(x, F64: tl.constexpr):
 def _bias_correction(step, beta, BIAS_CORRECTION: tl.constexpr):
     """``1 / (1 - beta**step)`` in float64 (or 1): computed here so the step may live on the device."""
     if BIAS_CORRECTION:
-        stepf = step.to(tl.int64).to(tl.float64)
+        stepf = tl.cast(step, tl.int64).to(tl.float64)
         return 1.0 / (1.0 - tl.exp(stepf * tl.log(beta)))
     else:
         return tl.cast(1.0, tl.float64)
@@ -217,7 +222,7 @@ def advance_state_kernel(state_ptr, increment):
     offset = tl.load(state_ptr + 1)
     step = tl.load(state_ptr + 2)
     # Unsigned arithmetic: the offset wraps modulo 2**64 like the counter words do.
-    new_offset = offset.to(tl.uint64) + increment.to(tl.int64).to(tl.uint64)
+    new_offset = offset.to(tl.uint64) + tl.cast(increment, tl.int64).to(tl.uint64)
     tl.store(state_ptr + 1, new_offset.to(tl.int64))
     tl.store(state_ptr + 2, step + 1)
 
@@ -314,3 +319,127 @@ def philox_uint32_kernel(out_ptr, n, seed: tl.int64, offset: tl.int64, BLOCK: tl
     r0, r1, r2, r3 = _philox_block(seed, offset, pid, BLOCK // 4)
     words = _interleave4(r0, r1, r2, r3)
     tl.store(out_ptr + offs, words.to(tl.int64), mask=offs < n)
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-tensor step (host side and tables: lpc_fast.triton.foreach)
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _foreach_tile(
+    z_addr,
+    g_addr,
+    v_addr,
+    n,
+    seed,
+    offset,
+    blk,
+    c64,
+    eta64,
+    beta64,
+    omb64,
+    eps64,
+    ns64,
+    DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    F64: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+):
+    """Block ``blk`` of one tensor: the body of ``kernels.langevin_fwd_kernel`` (in place)."""
+    z_ptr = z_addr.to(tl.pointer_type(DTYPE))
+    g_ptr = g_addr.to(tl.pointer_type(DTYPE))
+    v_ptr = v_addr.to(tl.pointer_type(tl.float32))
+    offs = blk * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < n
+    c = _cvt(c64, F64)
+    eta = _cvt(eta64, F64)
+    beta = _cvt(beta64, F64)
+    omb = _cvt(omb64, F64)
+    eps = _cvt(eps64, F64)
+    ns = _cvt(ns64, F64)
+    noise = _normals(seed, offset, blk, BLOCK, F64)
+    z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
+    g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
+    if PRIOR_GRAD:
+        s = g + z
+    else:
+        s = g
+    if PRECONDITION:
+        v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
+        v_new = beta * v + omb * s * s
+        p = 1.0 / (eps + _sqrt(v_new * c, F64))
+        z_new = z - eta * p * s + ns * _sqrt(p, F64) * noise
+        tl.store(v_ptr + offs, v_new.to(tl.float32), mask=mask)
+    else:
+        z_new = z - eta * s + ns * noise
+    tl.store(z_ptr + offs, z_new.to(DTYPE), mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed", "offset", "step"])
+def langevin_foreach_kernel(
+    tensors_ptr,
+    programs_ptr,
+    state_ptr,
+    seed: tl.int64,
+    offset: tl.int64,
+    step: tl.int64,
+    eta_hi,
+    eta_lo,
+    beta_hi,
+    beta_lo,
+    omb_hi,
+    omb_lo,
+    eps_hi,
+    eps_lo,
+    ns_hi,
+    ns_lo,
+    BLOCK: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+    USE_STATE: tl.constexpr,
+):
+    """One block of one tensor per program, in place: ``programs[pid] = (tensor row, block)``.
+
+    Tensor rows are ``(z address, grad address, v address, numel, offset relative to the call's,
+    dtype code)``; the code picks the pointer element type (0 float32, 1 float64, 2 float16,
+    3 bfloat16) in a run-time branch, so one launch serves mixed dtypes.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    row = tl.load(programs_ptr + 2 * pid)
+    blk = tl.load(programs_ptr + 2 * pid + 1)
+    if USE_STATE:
+        seed = tl.load(state_ptr)
+        offset = tl.load(state_ptr + 1)
+        step = tl.load(state_ptr + 2)
+    meta = tensors_ptr + 6 * row
+    z_addr = tl.load(meta)
+    g_addr = tl.load(meta + 1)
+    v_addr = tl.load(meta + 2)
+    n = tl.load(meta + 3)
+    rel = tl.load(meta + 4)
+    code = tl.load(meta + 5)
+    # The tensor's counter: offset + rel modulo 2**64 (unsigned, as the counter words wrap); the
+    # offset argument may be the constant 1 (module docstring), hence tl.cast before .to.
+    tensor_offset = (tl.cast(tl.cast(offset, tl.int64), tl.uint64) + rel.to(tl.uint64)).to(tl.int64)
+    beta64 = _f64(beta_hi, beta_lo)
+    c64 = _bias_correction(step, beta64, BIAS_CORRECTION)
+    eta64 = _f64(eta_hi, eta_lo)
+    omb64 = _f64(omb_hi, omb_lo)
+    eps64 = _f64(eps_hi, eps_lo)
+    ns64 = _f64(ns_hi, ns_lo)
+    # Pointer element types must be compile-time constants: one branch per dtype (_DTYPE_CODES).
+    if code == 0:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.float32, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+    elif code == 1:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.float64, BLOCK, True, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+    elif code == 2:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.float16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+    else:
+        _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
+                      eps64, ns64, tl.bfloat16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip

@@ -16,6 +16,9 @@ block : int, optional
     results are bit-identical for every value.
 wrap : callable, optional
     Applied to each kernel before launch (``torch.library.wrap_triton`` inside a ``triton_op``).
+
+Every launch runs with the tensors' CUDA device current (:func:`_device_guard`), as
+the C++/CUDA kernels do with a device guard: Triton launches on the current device.
 """
 
 from __future__ import annotations
@@ -68,15 +71,30 @@ def default_block(device: torch.device, n: int) -> int:
     return GPU_BLOCK
 
 
+def _device_guard(device: torch.device) -> Any:
+    """The context that makes ``device`` current for a launch: ``torch.cuda.device`` for CUDA
+    tensors (Triton launches on the current device, whatever the tensors' device), None otherwise."""
+    return torch.cuda.device(device) if device.type == "cuda" else None
+
+
+def _launch_on(device: torch.device, kernel: Any, grid: tuple[int, ...], wrap: Wrap, *args: Any, **meta: Any):
+    """Launch ``kernel[grid](*args, **meta)`` with ``device`` current (the only launch site)."""
+    fn = kernel if wrap is None else wrap(kernel)
+    guard = _device_guard(device)
+    if guard is None:  # CPU tensors (interpreter): nothing to pin, no context to enter
+        fn[grid](*args, **meta)
+    else:
+        with guard:
+            fn[grid](*args, **meta)
+
+
 def _launch(
     kernel: Any, n: int, block: int | None, device: torch.device, wrap: Wrap, *args: Any, **meta: Any
 ):
     block = default_block(device, n) if block is None else int(block)
     if block < 4 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 4, got {block}")
-    fn = kernel if wrap is None else wrap(kernel)
-    grid = (triton.cdiv(n, block),)
-    fn[grid](*args, BLOCK=block, **meta)
+    _launch_on(device, kernel, (triton.cdiv(n, block),), wrap, *args, BLOCK=block, **meta)
 
 
 def _split(name: str, x: float) -> tuple[float, float]:
@@ -250,8 +268,7 @@ def langevin_step_state_(
         if precondition and not v.is_contiguous():
             v.copy_(vc)
     # One call is one step even for an empty tensor: the step counter always advances.
-    advance = kernels.advance_state_kernel if wrap is None else wrap(kernels.advance_state_kernel)
-    advance[(1,)](state, (n + 3) // 4)
+    _launch_on(z.device, kernels.advance_state_kernel, (1,), wrap, state, (n + 3) // 4)
 
 
 def langevin_fwd(
