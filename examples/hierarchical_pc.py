@@ -20,7 +20,7 @@ and no two batches share noise.
 
 Run::
 
-    python examples/hierarchical_pc.py                 # five epochs of 22 batches, T = 40
+    python examples/hierarchical_pc.py                 # five epochs of 23 batches, T = 40
     python examples/hierarchical_pc.py --seconds 2     # stop after about two seconds of training
 """
 
