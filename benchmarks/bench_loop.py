@@ -182,6 +182,7 @@ def sampler_chain(
     sampler = LangevinSampler(
         [z],
         **STEP,
+        mode="preconditioned",  # the paper's sampler, as the hand-written and LangevinLoop providers
         temperature=temperature,
         seed=SEED,
         offset=OFFSET,

@@ -11,6 +11,8 @@ configuration is drawn:
 ``<kind>_loop.png``   inference loop: decoder gradient evaluations/s per provider, one panel per
                       (model, T), with ``floor / provider`` above each bar
 ``<kind>_train.png``  training step: steps/s per provider and the LPC step's fraction outside the decoder
+``<kind>_sampler.png`` sampler update: median time per update against the number of latents, per provider,
+                      one panel per (tensors, threads)
 
 A file holding several device names (e.g. two CPU models under ``cpu``) gets one set per name, suffixed
 with the name.
@@ -141,6 +143,32 @@ def plot_train(rows: list[dict[str, Any]], path: str) -> bool:
     return True
 
 
+def plot_sampler(rows: list[dict[str, Any]], path: str) -> bool:
+    rows = latest([r for r in rows if r.get("level") == "sampler"], ("provider", "n", "tensors", "threads"))
+    if not rows:
+        return False
+    panels = sorted({(r["tensors"], r["threads"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (tensors, threads) in zip(axes[0], panels):
+        sub = [r for r in rows if (r["tensors"], r["threads"]) == (tensors, threads)]
+        for provider in dict.fromkeys(r["provider"] for r in sub):
+            pts = sorted((r["n"], r["median_s"]) for r in sub if r["provider"] == provider)
+            style = "--" if provider == "floor" else "-"
+            ax.plot([p[0] for p in pts], [p[1] * 1e6 for p in pts], style, marker="o", label=provider)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("latents in all tensors")
+        ax.set_ylabel("median time per update (µs)")
+        ax.set_title(f"{tensors} tensor(s), {threads} thread(s)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(_title(rows, "Sampler update"), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_file(path: str, out_dir: str) -> list[str]:
     """All figures of one results file; returns the PNG paths written."""
     rows = harness.read_results(path)
@@ -150,7 +178,12 @@ def plot_file(path: str, out_dir: str) -> list[str]:
     for name in names:
         sub = [r for r in rows if r.get("device_name") == name]
         suffix = "" if len(names) == 1 else "_" + re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
-        for level, fn in (("op", plot_op), ("loop", plot_loop), ("train", plot_train)):
+        for level, fn in (
+            ("op", plot_op),
+            ("loop", plot_loop),
+            ("train", plot_train),
+            ("sampler", plot_sampler),
+        ):
             png = os.path.join(out_dir, f"{kind}{suffix}_{level}.png")
             if fn(sub, png):
                 written.append(png)

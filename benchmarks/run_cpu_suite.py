@@ -3,9 +3,10 @@
 Usage::
 
     python benchmarks/run_cpu_suite.py [--threads 1] [--results-dir benchmarks/results] [--quick]
-                                       [--levels op loop train]
+                                       [--levels op loop train sampler]
 
-Runs each level as its own process (``bench_op.py``, ``bench_loop.py``, ``bench_train.py``) with a time
+Runs each level as its own process (``bench_op.py``, ``bench_loop.py``, ``bench_train.py``,
+``bench_sampler.py``) with a time
 budget that keeps the whole suite within about 10 minutes on a 2-core machine, appends the rows to
 ``<results-dir>/cpu.jsonl`` and ``cpu.csv`` (op rows are stamped with the same environment keys as the
 others), draws ``cpu_*.png`` with ``plot.py`` and writes the markdown tables to ``cpu_tables.md``.
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results-dir", default=harness.RESULTS_DIR)
-    ap.add_argument("--levels", nargs="+", default=["op", "loop", "train"], choices=["op", "loop", "train"])
+    levels = ["op", "loop", "train", "sampler"]
+    ap.add_argument("--levels", nargs="+", default=levels, choices=levels)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny configurations (~1 minute)")
     args = ap.parse_args(argv)
     results = os.path.abspath(args.results_dir)
@@ -159,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                         sections.append(fh.read())
                 else:
                     ok = False
+        if "sampler" in args.levels:
+            # Its own thread settings (one thread and every core): the update's scaling is what it measures.
+            md = os.path.join(tmp, "sampler.md")
+            cmd = [os.path.join(HERE, "bench_sampler.py"), "--results-dir", results, "--markdown", md]
+            cmd += ["--quick"] if args.quick else []
+            if _run("sampler", cmd, 120 if args.quick else 600, args.threads) and os.path.exists(md):
+                with open(md) as fh:
+                    sections.append(fh.read())
+            else:
+                ok = False
     ok = _run("plot", [os.path.join(HERE, "plot.py"), "--results-dir", results], 120, args.threads) and ok
     command = "python benchmarks/run_cpu_suite.py" + (" --quick" if args.quick else "")
     if args.threads != 1:

@@ -1,6 +1,7 @@
-"""pytest-benchmark entry points for the three levels: ``pytest benchmarks/ --benchmark-only``.
+"""pytest-benchmark entry points for the four levels: ``pytest benchmarks/ --benchmark-only``.
 
-The same providers as the scripts (``bench_op.py``, ``bench_loop.py``, ``bench_train.py``), at the paper's
+The same providers as the scripts (``bench_op.py``, ``bench_loop.py``, ``bench_train.py``,
+``bench_sampler.py``), at the paper's
 sizes on the CPU (or CUDA with ``LPC_FAST_BENCH_DEVICE=cuda``). pytest-benchmark times each provider
 separately, not interleaved: use the scripts for comparisons on a noisy machine, these for regression
 tracking (``--benchmark-autosave``, ``--benchmark-compare``). Torch threads: ``LPC_FAST_BENCH_THREADS``
@@ -23,6 +24,7 @@ harness.ensure_importable()
 
 import bench_loop  # noqa: E402
 import bench_op  # noqa: E402
+import bench_sampler  # noqa: E402
 import bench_train  # noqa: E402
 
 pytest.importorskip("pytest_benchmark")
@@ -108,3 +110,21 @@ def test_train_step_mlp(benchmark, provider):
     benchmark.group = "train step mlp T=20 batch 64"
     _extra(benchmark, level="train", model="mlp", T=20, batch=64)
     _run(benchmark, trainer.train_step)
+
+
+# -- sampler update ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", bench_sampler.ALL_PROVIDERS)
+def test_sampler_update_client_size(benchmark, provider):
+    """One ULA update of the client's three latent tensors (70,656 latents), CPU only."""
+    if DEVICE != "cpu":
+        pytest.skip("bench_sampler.py measures CPU latents")
+    why = bench_sampler.provider_unavailable(provider)
+    if why:
+        pytest.skip(why)
+    benchmark.group = "sampler update 3 tensors 70656 latents"
+    _extra(benchmark, level="sampler", n=bench_sampler.CLIENT_N, tensors=3)
+    _run(
+        benchmark, bench_sampler.make_provider(provider, bench_sampler.shapes_for(bench_sampler.CLIENT_N, 3))
+    )

@@ -35,7 +35,7 @@ from torch import nn
 
 from . import rng
 from .dispatch import select_backend
-from .ops import _check_hyper, langevin_step_, make_rng_state
+from .ops import _check_hyper, langevin_step_
 
 __all__ = ["LOOP_MODES", "LangevinLoop"]
 
@@ -199,7 +199,7 @@ class LangevinLoop:
 
     def offset_end(self, offset: int, numel: int) -> int:
         """The noise counter after a chain that started at ``offset`` over ``numel`` latents."""
-        return (offset + self.num_steps * rng.offset_increment(numel)) % 2**64
+        return rng.NoiseStream.advance(offset, numel, self.num_steps)
 
     # ------------------------------------------------------------------ the loop
 
@@ -295,7 +295,7 @@ class LangevinLoop:
         # and reducing them once at the end costs ~20 µs less per pass than per-pass bookkeeping ops.
         energies: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
-        state = make_rng_state(self.seed, offset, 1, device=z.device)
+        state = rng.NoiseStream(self.seed, offset).rng_state(device=z.device)
         # Resolved and checked once per chain (by the public op on the first move): the later moves call
         # the backend directly, which skips ~25 µs of argument checks and backend resolution per move.
         backend = select_backend(z.device, self.backend)
@@ -379,7 +379,7 @@ class LangevinLoop:
         z = z0.detach().clone()
         v, samples, nonfinite = self._buffers(z0)
         chain_energies = None
-        state = make_rng_state(self.seed, offset, 1, device=z.device)
+        state = rng.NoiseStream(self.seed, offset).rng_state(device=z.device)
         for t in range(steps + 1):
             keep = t > burn
             if keep and samples is not None:
@@ -445,7 +445,7 @@ class _CapturedChain:
         self.z = z0.detach().clone().requires_grad_(True)
         self.v, self.samples, self.nonfinite = loop._buffers(z0)
         self.chain_energies: torch.Tensor | None = None  # allocated by the first warm-up pass
-        self.state = make_rng_state(loop.seed, 0, 1, device=device)
+        self.state = rng.NoiseStream(loop.seed, 0).rng_state(device=device)
         self.acc = [torch.zeros_like(p) for p in loop.params] if self.accumulate else []
         self.unused = [False] * len(self.acc)
         # Warm-up on a side stream (lazy initialisation, Triton compilation and the allocator's first
@@ -500,7 +500,7 @@ class _CapturedChain:
         with torch.no_grad():
             self.x.copy_(x)
             self.z0.copy_(z0)
-            start = torch.tensor([rng.to_int64(self.loop.seed), rng.to_int64(offset), 1], dtype=torch.int64)
+            start = rng.NoiseStream(self.loop.seed, offset).rng_state()
             self.state.copy_(start)
         self.graph.replay()
         if self.accumulate:

@@ -218,3 +218,81 @@ def philox_normal_reference(
         out[:, pair] = radius * torch.cos(theta)
         out[:, pair + 1] = radius * torch.sin(theta)
     return out.reshape(-1)[:n].to(dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise-stream bookkeeping shared by the sampler, the inference loop and the multi-tensor op.
+# --------------------------------------------------------------------------------------------------
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A 64-bit seed drawn from torch's random generator (the default one unless ``generator``).
+
+    Two 32-bit draws, so ``torch.manual_seed`` makes the result reproducible and successive calls give
+    different seeds.
+    """
+    words = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator).tolist()
+    return (words[1] << 32) | words[0]
+
+
+class NoiseStream:
+    """Where a chain's noise comes from: a 64-bit key and the next unused counter.
+
+    One call of the fused step over ``n`` latents consumes :func:`offset_increment` ``(n)`` counters; a
+    multi-tensor call consumes the sum over its tensors (tensor ``i`` starts at ``offset + Σ_{j<i}``).
+    Every consumer reserves its counters with :meth:`take`, so no noise is ever reused, and counters wrap
+    modulo ``2**64`` as the kernels' do.
+
+    Parameters
+    ----------
+    seed : int, optional
+        Unsigned 64-bit key; ``None`` draws one with :func:`draw_seed`.
+    offset : int
+        First unused counter.
+    """
+
+    __slots__ = ("seed", "offset")
+
+    def __init__(self, seed: int | None = None, offset: int = 0) -> None:
+        self.seed = draw_seed() if seed is None else _check_u64("seed", seed)
+        self.offset = _check_u64("offset", offset)
+
+    @staticmethod
+    def advance(offset: int, numel: int, steps: int = 1) -> int:
+        """The counter after ``steps`` calls over ``numel`` latents starting at ``offset``."""
+        return (offset + steps * offset_increment(numel)) % (UINT64_MAX + 1)
+
+    def reserve(self, counters: int) -> int:
+        """Reserve ``counters`` counters; return the first one."""
+        start = self.offset
+        self.offset = (start + counters) % (UINT64_MAX + 1)
+        return start
+
+    def take(self, numel: int, steps: int = 1) -> int:
+        """Reserve the counters of ``steps`` calls over ``numel`` latents; return the first one."""
+        return self.reserve(steps * offset_increment(numel))
+
+    def take_many(self, numels: list[int]) -> int:
+        """Reserve the counters of one multi-tensor call over tensors of ``numels``; return the first."""
+        return self.reserve(foreach_offsets(0, numels)[1])
+
+    def rng_state(self, step: int = 1, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The int64 ``[seed, offset, step]`` tensor of the fused op's capturable mode at this position."""
+        return torch.tensor(
+            [to_int64(self.seed), to_int64(self.offset), int(step)], dtype=torch.int64, device=device
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"seed": ..., "offset": ...}``."""
+        return {"seed": self.seed, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.seed = _check_u64("seed", state["seed"])
+        self.offset = _check_u64("offset", state["offset"])
+
+    def __repr__(self) -> str:
+        return f"NoiseStream(seed={self.seed}, offset={self.offset})"
+
+
+__all__ += ["draw_seed", "NoiseStream"]

@@ -1,12 +1,15 @@
-"""``LangevinSampler``: an Optimizer-shaped Langevin sampler over latent tensors.
+"""``LangevinSampler``: a Langevin sampler over latent tensors that is a ``torch.optim.Optimizer``.
 
 It replaces a hand-written inner loop ``z -= lr * z.grad; z += sqrt(2 * lr) * torch.randn_like(z)`` by one
-fused kernel call per tensor per step (:func:`lpc_fast.langevin_step_`), with the noise a pure function of
-``(seed, offset)`` (LPC.md §5), so a run is reproducible on any device and can be checkpointed mid-chain.
+fused kernel call per step for all its latents, with the noise a pure function of ``(seed, offset)``
+(LPC.md §5), so a run is reproducible on any device and can be checkpointed mid-chain. Being an
+``Optimizer``, it works wherever one is expected: ``param_groups[i]["lr"]`` is the step size ``eta``,
+``torch.optim.lr_scheduler`` schedules change it, and ``state_dict`` / ``load_state_dict``, hooks,
+``zero_grad`` and ``add_param_group`` behave as in torch.
 
 Modes
 -----
-``"ula"``
+``"ula"`` (default)
     Unadjusted Langevin: ``z' = z - eta g + sqrt(2 eta tau) xi``.
 ``"preconditioned"``
     The paper's sampler (LPC.md §2): RMSprop-like diagonal preconditioner ``p = 1 / (eps + sqrt(v_hat))``
@@ -40,6 +43,15 @@ data (or the model) behind the closure changes, e.g. for each new batch.
 On rejection, the chain's latents, gradient and energy are restored, so after ``step`` the ``.grad`` of
 each latent is the gradient at the current state. Gradients of *model* parameters accumulated inside the
 closure are those of the proposal (accepted or not); ``last_accept`` tells which chains moved.
+
+Hot path
+--------
+The ULA and preconditioned steps run from a cached plan: the latents split into runs of consecutive
+tensors that share one call's scalar arguments (one run per parameter group, normally), each updated by
+one multi-tensor fused call (:func:`lpc_fast.langevin_step_foreach_`). The plan is rebuilt, and its
+hyper-parameters validated, only when something it depends on changes: a parameter group's values (a
+scheduler writing ``lr``) or tensors, which latents have a ``.grad``, a preconditioner freezing,
+:meth:`LangevinSampler.reset` or ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -55,25 +68,63 @@ import lpc_fast
 
 from . import rng
 from .dispatch import BACKEND_NAMES, select_backend
-from .ops import _check_hyper
+from .ops import _check_hyper, _check_real
 
 __all__ = ["MODES", "LangevinSampler", "SamplerDiagnostics"]
 
 MODES = ("preconditioned", "ula", "mala")
 _U64 = 2**64
-_GROUP_KEYS = ("step_size", "beta", "eps", "temperature", "bias_correction", "prior_grad")
+#: Per-group hyper-parameters (``step_size`` is accepted as an alias of ``lr``).
+_HYPER_KEYS = ("lr", "beta", "eps", "temperature", "bias_correction", "prior_grad")
+_GROUP_KEYS = (*_HYPER_KEYS, "step_size")
+#: Keys torch's own tools put into parameter groups (schedulers, named parameters).
+_TORCH_GROUP_KEYS = ("initial_lr", "param_names")
+_get_hyper = itemgetter(*_HYPER_KEYS)
+_LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fused_update(
+    zs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    *,
+    step: int,
+    seed: int,
+    offset: int,
+    backend: str | None,
+    hyper: dict[str, Any],
+) -> None:
+    """One fused Langevin step of every tensor, one kernel launch; tensor ``i`` draws the noise at
+    ``offset + Σ_{j<i} offset_increment(zs[j].numel())`` (the sampler's one call into the kernels)."""
+    if len(zs) == 1:
+        lpc_fast.langevin_step_(
+            zs[0], grads[0], vs[0], step=step, seed=seed, offset=offset, backend=backend, **hyper
+        )
+    else:
+        lpc_fast.langevin_step_foreach_(
+            zs, grads, vs, step=step, seed=seed, offset=offset, backend=backend, **hyper
+        )
 
 
 class SamplerDiagnostics:
     """Traces of a :class:`LangevinSampler` run (bounded to the last ``max_history`` steps).
 
+    Recorded only with ``record_diagnostics=True``. Recording never synchronises with the device and
+    reduces each gradient in float32 (never float64): traces and running sums are tensors on the
+    latents' device, read on demand (:meth:`mean_energy`, :meth:`mean_grad_norm`, the ``*_trace``
+    methods). The Metropolis-Hastings statistics are host numbers, because MALA's accept/reject
+    synchronises anyway.
+
     Attributes
     ----------
     energy : deque of Tensor
-        Per-step energies the closure returned (detached; the current state's in MALA).
+        Per-step energies the closure returned (detached copies; the current state's in MALA).
     grad_norm : deque of Tensor
-        Per-step L2 norm of the gradient used for the move, over all latents (0-d tensors, kept on the device
-        so that recording does not synchronise).
+        Per-step L2 norm of the gradient used for the move, over all latents (float32, 0-d).
+    energy_sum, grad_norm_sum : Tensor or None
+        Running sums of the recorded energies (per chain) and gradient norms since construction.
+    energy_steps, grad_steps : int
+        How many steps those sums hold.
     accept_prob : deque of float
         Per Metropolis-Hastings step, the mean over chains of ``min(1, alpha)``.
     step_scale : deque of float
@@ -90,12 +141,30 @@ class SamplerDiagnostics:
         self.max_history = int(max_history)
         self.energy: deque[torch.Tensor] = deque(maxlen=self.max_history)
         self.grad_norm: deque[torch.Tensor] = deque(maxlen=self.max_history)
+        self.energy_sum: torch.Tensor | None = None
+        self.grad_norm_sum: torch.Tensor | None = None
+        self.energy_steps = 0
+        self.grad_steps = 0
         self.accept_prob: deque[float] = deque(maxlen=self.max_history)
         self.step_scale: deque[float] = deque(maxlen=self.max_history)
         self.accepted = 0
         self.proposed = 0
         self.chain_accepted: torch.Tensor | None = None
         self.chain_proposed = 0
+
+    def record(self, energies: torch.Tensor | None, grads: list[torch.Tensor]) -> None:
+        """Append one step's energies and gradient norm (device-side, no synchronisation)."""
+        if isinstance(energies, torch.Tensor):
+            e = energies.detach().clone()
+            self.energy.append(e)
+            self.energy_sum = e.clone() if self.energy_sum is None else self.energy_sum.add_(e)
+            self.energy_steps += 1
+        if grads:
+            norms = [torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads]
+            norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+            self.grad_norm.append(norm)
+            self.grad_norm_sum = norm.clone() if self.grad_norm_sum is None else self.grad_norm_sum.add_(norm)
+            self.grad_steps += 1
 
     @property
     def acceptance_rate(self) -> float:
@@ -108,6 +177,14 @@ class SamplerDiagnostics:
             return None
         return self.chain_accepted.to(torch.float64) / self.chain_proposed
 
+    def mean_energy(self) -> torch.Tensor | None:
+        """Per-chain mean of the recorded energies since construction (``None`` before the first)."""
+        return None if self.energy_sum is None else self.energy_sum / self.energy_steps
+
+    def mean_grad_norm(self) -> torch.Tensor | None:
+        """Mean of the recorded gradient norms since construction (``None`` before the first)."""
+        return None if self.grad_norm_sum is None else self.grad_norm_sum / self.grad_steps
+
     def energy_trace(self) -> torch.Tensor:
         """Recorded energies stacked to ``[T, ...]``."""
         return torch.stack(list(self.energy)) if self.energy else torch.empty(0)
@@ -118,29 +195,44 @@ class SamplerDiagnostics:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-data copy of every trace and counter."""
+
+        def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.clone()
+
         return {
             "max_history": self.max_history,
             "energy": [e.clone() for e in self.energy],
             "grad_norm": [g.clone() for g in self.grad_norm],
+            "energy_sum": copy(self.energy_sum),
+            "grad_norm_sum": copy(self.grad_norm_sum),
+            "energy_steps": self.energy_steps,
+            "grad_steps": self.grad_steps,
             "accept_prob": list(self.accept_prob),
             "step_scale": list(self.step_scale),
             "accepted": self.accepted,
             "proposed": self.proposed,
-            "chain_accepted": None if self.chain_accepted is None else self.chain_accepted.clone(),
+            "chain_accepted": copy(self.chain_accepted),
             "chain_proposed": self.chain_proposed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+        def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.clone()
+
         self.__init__(state["max_history"])
         self.energy.extend(e.clone() for e in state["energy"])
         self.grad_norm.extend(g.clone() for g in state["grad_norm"])
+        self.energy_sum = copy(state.get("energy_sum"))
+        self.grad_norm_sum = copy(state.get("grad_norm_sum"))
+        self.energy_steps = int(state.get("energy_steps", 0))
+        self.grad_steps = int(state.get("grad_steps", 0))
         self.accept_prob.extend(state["accept_prob"])
         self.step_scale.extend(state["step_scale"])
         self.accepted = int(state["accepted"])
         self.proposed = int(state["proposed"])
-        ca = state["chain_accepted"]
-        self.chain_accepted = None if ca is None else ca.clone()
+        self.chain_accepted = copy(state["chain_accepted"])
         self.chain_proposed = int(state["chain_proposed"])
 
 
@@ -186,9 +278,6 @@ def _check_u64(name: str, value: int) -> int:
     return value
 
 
-_LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _check_number(name: str, value: Any, ok: Callable[[float], bool], expected: str) -> None:
     """One error naming the argument and the expected range (bools and non-finite values rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -212,6 +301,9 @@ def _check_options(options: dict[str, Any]) -> None:
     freeze = options["freeze_preconditioner_after"]
     if freeze is not None and (isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < 0):
         raise ValueError(f"freeze_preconditioner_after must be None or an int >= 0, got {freeze!r}")
+    if options["seed"] is not None:
+        _check_u64("seed", options["seed"])
+    _check_u64("offset", options["offset"])
     _check_number("target_accept", options["target_accept"], lambda v: 0.0 < v < 1.0, "in (0, 1)")
     _check_number("dual_averaging_gamma", options["dual_averaging_gamma"], lambda v: v > 0, "> 0")
     _check_number("dual_averaging_t0", options["dual_averaging_t0"], lambda v: v >= 0, ">= 0")
@@ -221,18 +313,89 @@ def _check_options(options: dict[str, Any]) -> None:
         raise ValueError(f"backend must be None or one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
 
 
-class LangevinSampler:
-    """Langevin sampler over latent tensors, used like a ``torch.optim.Optimizer``.
+def _resolve_lr(lr: Any, step_size: Any, where: str) -> tuple[str, Any]:
+    """``(name the caller used, value)`` of the step size given as ``lr`` or its alias ``step_size``."""
+    if step_size is None:
+        return "lr", lr
+    if lr is not None and lr != step_size:
+        raise ValueError(f"{where} gives both lr={lr!r} and step_size={step_size!r}: they are one setting")
+    return "step_size", step_size
+
+
+class _Run:
+    """Consecutive latents that share one fused call: device, step count, frozen flag and hyper-parameters."""
+
+    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key")
+
+    def __init__(self, key: tuple, step: int, freeze_at: int | None, hyper: dict[str, Any]) -> None:
+        self.key = key
+        self.zs: list[torch.Tensor] = []
+        self.vs: list[torch.Tensor] = []
+        self.states: list[dict[str, Any]] = []
+        self.step = step
+        self.freeze_at = freeze_at
+        self.counters = 0
+        self.hyper = hyper
+
+
+class _Plan:
+    """The cached ULA / preconditioned step: runs, the latents without a gradient, and what it assumed."""
+
+    __slots__ = ("runs", "idle", "snapshot", "settings")
+
+    def __init__(
+        self, runs: list[_Run], idle: list[torch.Tensor], snapshot: list[tuple], settings: tuple
+    ) -> None:
+        self.runs = runs
+        self.idle = idle
+        self.snapshot = snapshot
+        self.settings = settings
+
+    def grads(self, groups: list[dict[str, Any]], settings: tuple) -> list[list[torch.Tensor]] | None:
+        """Each run's gradients, or ``None`` when the plan no longer describes this step."""
+        if settings != self.settings or _snapshot(groups) != self.snapshot:
+            return None
+        for z in self.idle:
+            if z.grad is not None:
+                return None
+        out = []
+        for run in self.runs:
+            if run.freeze_at is not None and run.step >= run.freeze_at:
+                return None
+            gs = []
+            for z in run.zs:
+                g = z.grad
+                if g is None:
+                    return None
+                gs.append(g)
+            out.append(gs)
+        return out
+
+
+def _snapshot(groups: list[dict[str, Any]]) -> list[tuple]:
+    """What a plan depends on in the parameter groups: hyper-parameter values and tensor identities."""
+    return [(_get_hyper(g), tuple(map(id, g["params"]))) for g in groups]
+
+
+class LangevinSampler(torch.optim.Optimizer):
+    """Langevin sampler over latent tensors; a ``torch.optim.Optimizer``.
+
+    With no options it is plain Langevin (ULA), ``z <- z - lr * grad + sqrt(2 * lr * temperature) * xi``,
+    with a fresh noise stream seeded from torch's default generator.
 
     Parameters
     ----------
-    latents : Tensor, iterable of Tensor, or iterable of dict
-        The latent tensors (updated in place), or parameter groups ``{"params": [...], **overrides}`` where
-        overrides may be any of ``step_size, beta, eps, temperature, bias_correction, prior_grad``.
-    step_size : float
-        Langevin step size ``eta``.
-    mode : {"preconditioned", "ula", "mala"}
-        See the module docstring.
+    params : Tensor, iterable of Tensor, or iterable of dict
+        The latent tensors (updated in place; plain tensors, tensors that require grad, or
+        ``nn.Parameter``), or parameter groups ``{"params": [...], **overrides}`` where overrides may be
+        any of ``lr`` (or its alias ``step_size``), ``beta``, ``eps``, ``temperature``,
+        ``bias_correction``, ``prior_grad``.
+    lr : float
+        Langevin step size ``eta`` (``param_groups[i]["lr"]``, which schedulers change).
+    step_size : float, optional
+        Alias of ``lr``.
+    mode : {"ula", "preconditioned", "mala"}
+        See the module docstring. ``"ula"`` by default; the paper's preconditioned sampler is opt-in.
     beta, eps : float
         Preconditioner EMA coefficient and ``lambda`` in ``p = 1 / (lambda + sqrt(v_hat))``.
     temperature : float
@@ -241,8 +404,12 @@ class LangevinSampler:
         Divide ``v`` by ``1 - beta**t`` (``t`` = steps since the last :meth:`reset`).
     prior_grad : bool
         The gradients hold only the likelihood part; the kernel adds the N(0, I) prior gradient ``z``.
-    seed, offset : int
-        Noise stream; ``offset`` advances by ``ceil(numel / 4)`` per tensor per step (and by ``ceil(B / 4)``
+    seed : int, optional
+        Unsigned 64-bit noise key. ``None`` (default) draws one from torch's default generator
+        (:func:`lpc_fast.rng.draw_seed`): ``torch.manual_seed`` makes a run reproducible and two samplers
+        built one after another never share noise.
+    offset : int
+        First noise counter; it advances by ``ceil(numel / 4)`` per tensor per step (and by ``ceil(B / 4)``
         for the MH uniforms), so no noise is ever reused, across :meth:`reset` too.
     backend : str, optional
         Kernel backend for :func:`lpc_fast.langevin_step_`.
@@ -251,7 +418,7 @@ class LangevinSampler:
     adapt_step_size : bool
         MALA only: adapt a step-size multiplier by dual averaging during the first ``adaptation_window`` MH
         steps, then fix it at the averaged value. One multiplier for the whole sampler (applied to every
-        group's ``step_size``), not per chain, because the fused kernel takes a scalar step size.
+        group's ``lr``), not per chain, because the fused kernel takes a scalar step size.
     adaptation_window : int
         Number of MH steps that adapt. Counted across :meth:`reset` (adaptation is about the model, not the
         batch) unless ``reset(restart_adaptation=True)``.
@@ -262,23 +429,35 @@ class LangevinSampler:
     dual_averaging_gamma, dual_averaging_t0, dual_averaging_kappa : float
         Dual-averaging constants (Hoffman & Gelman's defaults 0.05, 10, 0.75).
     record_diagnostics : bool
-        Record energies and gradient norms each step (one small reduction per tensor per step).
+        Record energies and gradient norms each step (:class:`SamplerDiagnostics`; no host
+        synchronisation). Off by default: it costs one reduction per tensor per step.
     max_history : int
         Length of the diagnostic traces kept.
+
+    Examples
+    --------
+    >>> sampler = LangevinSampler([z], lr=0.1)              # ULA, seeded from torch's generator
+    >>> sched = torch.optim.lr_scheduler.StepLR(sampler, step_size=10, gamma=0.5)
+    >>> for t in range(T):
+    ...     sampler.zero_grad()
+    ...     model.energy(z, x).sum().backward()
+    ...     sampler.step()
+    ...     sched.step()
     """
 
     def __init__(
         self,
-        latents: torch.Tensor | Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        params: torch.Tensor | Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float | None = None,
         *,
-        step_size: float,
-        mode: str = "preconditioned",
+        step_size: float | None = None,
+        mode: str = "ula",
         beta: float = 0.99,
         eps: float = 1e-3,
         temperature: float = 1.0,
         bias_correction: bool = True,
         prior_grad: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         offset: int = 0,
         backend: str | None = None,
         target_accept: float = 0.574,
@@ -288,7 +467,7 @@ class LangevinSampler:
         dual_averaging_gamma: float = 0.05,
         dual_averaging_t0: float = 10.0,
         dual_averaging_kappa: float = 0.75,
-        record_diagnostics: bool = True,
+        record_diagnostics: bool = False,
         max_history: int = 10_000,
         **unknown: Any,
     ):
@@ -305,53 +484,47 @@ class LangevinSampler:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
             raise TypeError(f"LangevinSampler got an unknown argument {name!r}{hint}")
+        if lr is None and step_size is None:
+            raise TypeError("LangevinSampler needs lr, the Langevin step size eta (step_size= is an alias)")
+        lr_name, lr = _resolve_lr(lr, step_size, "LangevinSampler")
         _check_options(
-            {k: v for k, v in locals().items() if k not in ("self", "latents", "unknown", "__class__")}
+            {k: v for k, v in locals().items() if k not in ("self", "params", "unknown", "__class__")}
         )
         if adapt_step_size and mode != "mala":
             raise ValueError("adapt_step_size needs acceptance rates: use mode='mala'")
-        if freeze_preconditioner_after is not None and freeze_preconditioner_after < 0:
-            raise ValueError(f"freeze_preconditioner_after must be >= 0, got {freeze_preconditioner_after}")
-        if adaptation_window < 0:
-            raise ValueError(f"adaptation_window must be >= 0, got {adaptation_window}")
         self.mode = mode
-        self.defaults = {
-            "step_size": step_size,
-            "beta": beta,
-            "eps": eps,
-            "temperature": temperature,
-            "bias_correction": bias_correction,
-            "prior_grad": prior_grad,
-        }
-        self.param_groups: list[dict[str, Any]] = []
-        if isinstance(latents, torch.Tensor):
-            latents = [latents]
-        try:
-            items = list(latents)
-        except TypeError:
-            raise TypeError(
-                "latents must be a tensor, an iterable of tensors or an iterable of parameter-group dicts, "
-                f"got {type(latents).__name__}"
-            ) from None
-        if not items:
-            raise ValueError("LangevinSampler got an empty list of latents")
-        if any(isinstance(it, dict) for it in items) and not all(isinstance(it, dict) for it in items):
-            raise TypeError("latents must be all tensors or all parameter-group dicts, not a mix")
-        groups = items if isinstance(items[0], dict) else [{"params": items}]
-        for group in groups:
-            self._add_group(group)
-        self._check_latents(backend)
-        self.seed = _check_u64("seed", seed)
-        self.offset = _check_u64("offset", offset)
         self.backend = backend
         self.target_accept = float(target_accept)
         self.adapt_step_size = bool(adapt_step_size)
         self.adaptation_window = int(adaptation_window)
         self.freeze_preconditioner_after = freeze_preconditioner_after
         self.record_diagnostics = bool(record_diagnostics)
-        self.state: list[dict[str, Any]] = [
-            {"v": None, "step": 0, "frozen": False} for _ in range(len(self._latents()))
-        ]
+        self._lr_name = lr_name
+        self._plan: _Plan | None = None
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError(
+                "latents must be a tensor, an iterable of tensors or an iterable of parameter-group dicts, "
+                f"got {type(params).__name__}"
+            ) from None
+        if not items:
+            raise ValueError("LangevinSampler got an empty list of latents")
+        if any(isinstance(it, dict) for it in items) and not all(isinstance(it, dict) for it in items):
+            raise TypeError("latents must be all tensors or all parameter-group dicts, not a mix")
+        defaults = {
+            "lr": lr,
+            "beta": beta,
+            "eps": eps,
+            "temperature": temperature,
+            "bias_correction": bias_correction,
+            "prior_grad": prior_grad,
+        }
+        super().__init__(items, defaults)
+        self._lr_name = "lr"
+        self._noise = rng.NoiseStream(seed, offset)
         self._dual = _DualAveraging(
             target_accept, dual_averaging_gamma, dual_averaging_t0, dual_averaging_kappa
         )
@@ -361,15 +534,41 @@ class LangevinSampler:
 
     # ------------------------------------------------------------------ groups and bookkeeping
 
-    def _add_group(self, group: dict[str, Any]) -> None:
-        if "params" not in group:
-            raise ValueError(f"parameter group {len(self.param_groups)} has no 'params' entry")
+    @property
+    def seed(self) -> int:
+        """The noise stream's 64-bit key."""
+        return self._noise.seed
+
+    @property
+    def offset(self) -> int:
+        """The next unused noise counter."""
+        return self._noise.offset
+
+    @property
+    def noise(self) -> rng.NoiseStream:
+        """The ``(seed, offset)`` noise stream every step reserves its counters from."""
+        return self._noise
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of latents (``{"params": [...], **overrides}``), validated as the constructor's."""
+        index = len(self.param_groups)
+        if not isinstance(param_group, dict):
+            raise TypeError(f"parameter group {index} must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(f"parameter group {index} has no 'params' entry")
+        group = dict(param_group)
         params = group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
-        unknown = set(group) - {"params", *_GROUP_KEYS}
+        unknown = set(group) - {"params", *_GROUP_KEYS, *_TORCH_GROUP_KEYS}
         if unknown:
             raise ValueError(f"unknown parameter-group keys {sorted(unknown)}; allowed: {_GROUP_KEYS}")
-        full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}, "params": params}
+        lr_name = "lr" if "lr" in group else self._lr_name
+        if "step_size" in group:
+            lr_name, group["lr"] = _resolve_lr(
+                group.get("lr"), group.pop("step_size"), f"parameter group {index}"
+            )
+        seen = {id(z) for g in self.param_groups for z in g["params"]}
+        devices = {z.device for g in self.param_groups for z in g["params"]}
         for z in params:
             if not isinstance(z, torch.Tensor):
                 raise TypeError(f"latents must be tensors, got {type(z).__name__}")
@@ -382,44 +581,45 @@ class LangevinSampler:
                     "latents must be leaf tensors (their .grad is what the step uses): "
                     "pass z.detach().requires_grad_() instead of a computed tensor"
                 )
-        # The fused op's own checks, run once here so a bad value fails at construction, not mid-chain.
+            if id(z) in seen:
+                raise ValueError("a latent tensor appears more than once (it would move twice per step)")
+            seen.add(id(z))
+            devices.add(z.device)
+        if self.mode == "mala" and len(devices) > 1:
+            raise ValueError(f"MALA needs every latent on one device, got {sorted(map(str, devices))}")
+        if self.backend is not None:
+            for device in {z.device for z in params}:  # the reason now, not at the first step
+                select_backend(device, self.backend)
+        full = {**self.defaults, **group, "params": params}
+        # The fused op's own checks, run here so a bad value fails at once, not mid-chain.
+        self._check_group(full, lr_name)
+        super().add_param_group(full)
+        self._plan = None
+
+    def _check_group(self, group: dict[str, Any], lr_name: str = "lr") -> None:
+        lr = group["lr"]
+        _check_real(lr_name, lr)
+        if not lr > 0:
+            raise ValueError(f"{lr_name} must be > 0, got {lr}")
         _check_hyper(
-            full["step_size"],
-            full["beta"],
-            full["eps"],
-            full["temperature"],
-            full["bias_correction"],
+            lr,
+            group["beta"],
+            group["eps"],
+            group["temperature"],
+            group["bias_correction"],
             self.mode != "ula",
-            full["prior_grad"],
+            group["prior_grad"],
         )
-        if self.mode == "mala" and not full["temperature"] > 0:
+        if self.mode == "mala" and not group["temperature"] > 0:
             raise ValueError("MALA needs temperature > 0 (temperature 0 is deterministic descent)")
-        self.param_groups.append(full)
 
     def _latents(self) -> list[tuple[dict[str, Any], torch.Tensor]]:
         return [(group, z) for group in self.param_groups for z in group["params"]]
 
-    def _check_latents(self, backend: str | None) -> None:
-        lat = [z for _, z in self._latents()]
-        if len({id(z) for z in lat}) != len(lat):
-            raise ValueError("a latent tensor appears more than once (it would move twice per step)")
-        devices = {z.device for z in lat}
-        if self.mode == "mala" and len(devices) > 1:
-            raise ValueError(f"MALA needs every latent on one device, got {sorted(map(str, devices))}")
-        if backend is not None:
-            for device in devices:  # the reason now, not at the first step
-                select_backend(device, backend)
-
-    def _take(self, n: int) -> int:
-        """Reserve the counters of ``n`` noise values; return the offset to use."""
-        start = self.offset
-        self.offset = (self.offset + rng.offset_increment(n)) % _U64
-        return start
-
-    def _state(self, i: int, z: torch.Tensor) -> dict[str, Any]:
-        st = self.state[i]
-        if st["v"] is None:
-            st["v"] = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
+    def _state(self, z: torch.Tensor) -> dict[str, Any]:
+        st = self.state[z]
+        if "v" not in st:
+            st.update(step=0, v=torch.zeros(z.shape, dtype=torch.float32, device=z.device), frozen=False)
         return st
 
     def _maybe_freeze(self, st: dict[str, Any], group: dict[str, Any]) -> None:
@@ -434,10 +634,10 @@ class LangevinSampler:
     def _hyper(self, st: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments of the fused op for this tensor's next step."""
         hyper = {
-            "step_size": group["step_size"],
-            "beta": group["beta"],
-            "eps": group["eps"],
-            "temperature": group["temperature"],
+            "step_size": float(group["lr"]),
+            "beta": float(group["beta"]),
+            "eps": float(group["eps"]),
+            "temperature": float(group["temperature"]),
             "bias_correction": group["bias_correction"],
             "precondition": self.mode != "ula",
             "prior_grad": group["prior_grad"],
@@ -449,12 +649,44 @@ class LangevinSampler:
             hyper["precondition"] = False
         return hyper
 
+    def _build_plan(self) -> _Plan:
+        """Validate the groups, freeze what is due, and split the latents with a gradient into runs."""
+        runs: list[_Run] = []
+        idle: list[torch.Tensor] = []
+        n = self.freeze_preconditioner_after
+        for group in self.param_groups:
+            self._check_group(group)
+            for z in group["params"]:
+                if z.grad is None:
+                    idle.append(z)  # skipped like an optimizer skips a parameter without a gradient
+                    continue
+                st = self._state(z)
+                self._maybe_freeze(st, group)
+                hyper = self._hyper(st, group)
+                key = (z.device, st["step"], st["frozen"], *hyper.values())
+                if not runs or runs[-1].key != key:
+                    freeze_at = None if n is None or st["frozen"] or self.mode == "ula" else n
+                    runs.append(_Run(key, st["step"], freeze_at, hyper))
+                run = runs[-1]
+                run.zs.append(z)
+                run.vs.append(st["v"])
+                run.states.append(st)
+        for run in runs:
+            run.counters = rng.foreach_offsets(0, [z.numel() for z in run.zs])[1]
+        self._plan = _Plan(runs, idle, _snapshot(self.param_groups), self._settings())
+        return self._plan
+
+    def _settings(self) -> tuple:
+        """The sampler-wide attributes a plan depends on."""
+        return (self.mode, self.freeze_preconditioner_after)
+
     def _mh_active(self) -> bool:
         if self.mode != "mala":
             return False
-        if self.freeze_preconditioner_after is None:
+        n = self.freeze_preconditioner_after
+        if n is None:
             return True
-        return all(st["step"] >= self.freeze_preconditioner_after for st in self.state)
+        return all(self.state.get(z, {}).get("step", 0) >= n for _, z in self._latents())
 
     def step_scale(self) -> float:
         """Current MALA step-size multiplier (1 unless dual averaging adapted it)."""
@@ -471,46 +703,32 @@ class LangevinSampler:
         """
         lat = self._latents()
         if isinstance(latent, int):
-            i = latent
+            group, z = lat[latent]
         else:
-            matches = [j for j, (_, z) in enumerate(lat) if z is latent]
+            matches = [(g, z) for g, z in lat if z is latent]
             if not matches:
                 raise ValueError("tensor is not one of this sampler's latents")
-            i = matches[0]
-        group, z = lat[i]
-        st = self.state[i]
-        hyper = self._hyper(st, group) if st["v"] is not None else None
-        if st["v"] is None or not hyper["precondition"]:
+            group, z = matches[0]
+        st = self.state.get(z)
+        if not st or not self._hyper(st, group)["precondition"]:
             return torch.ones(z.shape, dtype=torch.float32, device=z.device)
         v = st["v"]
         if not st["frozen"] and group["bias_correction"] and st["step"] > 0:
             v = v / (1.0 - group["beta"] ** st["step"])
         return 1.0 / (group["eps"] + torch.sqrt(v))
 
-    # ------------------------------------------------------------------ Optimizer-like API
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients of every latent."""
-        for _, z in self._latents():
-            if z.grad is None:
-                continue
-            if set_to_none:
-                z.grad = None
-            else:
-                z.grad.detach_()
-                z.grad.zero_()
-
     def reset(self, *, restart_adaptation: bool = False) -> None:
         """Start new chains (new batch): zero ``v``, restart the step counters and bias correction.
 
         The noise stream keeps advancing, so no noise is reused. Dual-averaging adaptation is kept unless
-        ``restart_adaptation``.
+        ``restart_adaptation``. Persistent chains (the same latents continued) need no reset.
         """
-        for st in self.state:
-            if st["v"] is not None:
+        for st in self.state.values():
+            if "v" in st:
                 st["v"].zero_()
-            st["step"] = 0
-            st["frozen"] = False
+                st["step"] = 0
+                st["frozen"] = False
+        self._plan = None
         self._cache = None
         self.last_accept = None
         self.diagnostics.chain_accepted = None
@@ -518,9 +736,10 @@ class LangevinSampler:
         if restart_adaptation:
             self._dual.restart()
 
-    @torch.no_grad()
+    # ------------------------------------------------------------------ the step
+
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One Langevin step of every latent (one fused kernel call per tensor).
+        """One Langevin step of every latent with a gradient (one fused call per run of latents).
 
         Parameters
         ----------
@@ -541,28 +760,37 @@ class LangevinSampler:
         if closure is not None:
             with torch.enable_grad():
                 energies = closure()
-        self._cache = None
-        grads = []
-        for i, (group, z) in enumerate(self._latents()):
-            if z.grad is None:
-                if self.mode == "mala":
-                    raise RuntimeError("the closure left a latent without .grad")
-                continue
-            st = self._state(i, z)
-            self._maybe_freeze(st, group)
-            st["step"] += 1
-            grads.append(z.grad)
-            lpc_fast.langevin_step_(
-                z,
-                z.grad,
-                st["v"],
-                step=st["step"],
-                seed=self.seed,
-                offset=self._take(z.numel()),
-                backend=self.backend,
-                **self._hyper(st, group),
+            self._cache = None
+        plan = self._plan
+        grads = (
+            None
+            if plan is None
+            else plan.grads(self.param_groups, (self.mode, self.freeze_preconditioner_after))
+        )
+        if grads is None:
+            if self.mode == "mala":
+                for _, z in self._latents():
+                    if z.grad is None:
+                        raise RuntimeError("the closure left a latent without .grad")
+            plan = self._build_plan()
+            grads = [[z.grad for z in run.zs] for run in plan.runs]
+        noise, backend = self._noise, self.backend
+        for run, gs in zip(plan.runs, grads):
+            s = run.step = run.step + 1
+            for st in run.states:
+                st["step"] = s
+            _fused_update(
+                run.zs,
+                gs,
+                run.vs,
+                step=s,
+                seed=noise.seed,
+                offset=noise.reserve(run.counters),
+                backend=backend,
+                hyper=run.hyper,
             )
-        self._record(energies, grads)
+        if self.record_diagnostics:
+            self.diagnostics.record(energies, [g for gs in grads for g in gs])
         return energies
 
     # ------------------------------------------------------------------ MALA
@@ -590,8 +818,12 @@ class LangevinSampler:
             return False
         return all(c.shape == z.shape and torch.equal(c, z) for c, (_, z) in zip(self._cache["z"], lat))
 
+    @torch.no_grad()
     def _mala_step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         lat = self._latents()
+        for group, _ in lat:
+            self._check_group(group)
+        self._plan = None
         n_chains = self._chains(lat)
         temperature = {g["temperature"] for g, _ in lat}
         if len(temperature) != 1:
@@ -605,21 +837,21 @@ class LangevinSampler:
         scale = self.step_scale()
         etas = []
         for i, (group, z) in enumerate(lat):
-            st = self._state(i, z)
+            st = self._state(z)
             self._maybe_freeze(st, group)
             st["step"] += 1
             hyper = self._hyper(st, group)
-            hyper["step_size"] = group["step_size"] * scale
+            hyper["step_size"] = float(group["lr"]) * scale
             etas.append((hyper["step_size"], self.preconditioner(i).to(torch.float64)))
-            lpc_fast.langevin_step_(
-                z,
-                g0[i],
-                st["v"],
+            _fused_update(
+                [z],
+                [g0[i]],
+                [st["v"]],
                 step=st["step"],
                 seed=self.seed,
-                offset=self._take(z.numel()),
+                offset=self._noise.take(z.numel()),
                 backend=self.backend,
-                **hyper,
+                hyper=hyper,
             )
         e1, g1 = self._evaluate(closure, lat, n_chains)
         # log alpha = (E0 - E1)/tau + log q(z0 | z1) - log q(z1 | z0); the Gaussian proposal's normalising
@@ -638,7 +870,9 @@ class LangevinSampler:
             rev = (a - b + eta * p * gb) ** 2 / denom
             log_alpha = log_alpha + (fwd - rev).reshape(n_chains, -1).sum(dim=1)
         log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
-        u = rng.philox_uniform(n_chains, seed=self.seed, offset=self._take(n_chains), device=log_alpha.device)
+        u = rng.philox_uniform(
+            n_chains, seed=self.seed, offset=self._noise.take(n_chains), device=log_alpha.device
+        )
         # log in float32: u is a float32 uniform anyway, and float64 log is slow on some CPU builds.
         accept = torch.log(u).to(torch.float64) < log_alpha
         for i, (_, z) in enumerate(lat):
@@ -661,29 +895,24 @@ class LangevinSampler:
         d.chain_proposed += 1
         d.accept_prob.append(prob)
         d.step_scale.append(scale)
-        self._record(energies, g1)
+        if self.record_diagnostics:
+            d.record(energies, g1)
         return energies
-
-    def _record(self, energies: torch.Tensor | None, grads: list[torch.Tensor]) -> None:
-        if not self.record_diagnostics:
-            return
-        if isinstance(energies, torch.Tensor):
-            self.diagnostics.energy.append(energies.detach().clone())
-        if grads:
-            sq = sum(g.detach().to(torch.float64).pow(2).sum() for g in grads)
-            self.diagnostics.grad_norm.append(torch.sqrt(sq))
 
     # ------------------------------------------------------------------ checkpoints
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles only defaults, state and groups; the sampler's own attributes (mode,
+        # noise stream, adaptation) are part of it too. The cached plan is rebuilt on the next step.
+        state = dict(self.__dict__)
+        state["_plan"] = None
+        return state
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the chains bit for bit (together with the latents themselves)."""
-        index = 0
-        groups = []
-        for group in self.param_groups:
-            packed = {k: v for k, v in group.items() if k != "params"}
-            packed["params"] = list(range(index, index + len(group["params"])))
-            index += len(group["params"])
-            groups.append(packed)
+        """torch's optimizer state (``state`` per latent index: ``v``, ``step``, ``frozen``; ``param_groups``)
+        plus ``sampler``: the mode, the noise stream's position, dual averaging, the MALA cache and the
+        diagnostics. With the latents, everything needed to continue the chains bit for bit."""
+        state = super().state_dict()
         cache = None
         if self._cache is not None:
             cache = {
@@ -691,64 +920,62 @@ class LangevinSampler:
                 "energy": self._cache["energy"].clone(),
                 "grad": [g.clone() for g in self._cache["grad"]],
             }
-        return {
+        state["sampler"] = {
             "mode": self.mode,
-            "param_groups": groups,
-            "state": [
-                {
-                    "v": None if st["v"] is None else st["v"].clone(),
-                    "step": st["step"],
-                    "frozen": st["frozen"],
-                }
-                for st in self.state
-            ],
-            "seed": self.seed,
-            "offset": self.offset,
+            "noise": self._noise.state_dict(),
             "dual_averaging": self._dual.state_dict(),
             "mala_cache": cache,
             "last_accept": None if self.last_accept is None else self.last_accept.clone(),
             "diagnostics": self.diagnostics.state_dict(),
         }
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into a sampler built over latents of the same shapes."""
-        if state_dict["mode"] != self.mode:
-            raise ValueError(f"state is for mode {state_dict['mode']!r}, this sampler is {self.mode!r}")
-        lat = self._latents()
-        if len(state_dict["state"]) != len(lat) or len(state_dict["param_groups"]) != len(self.param_groups):
+        extra = state_dict.get("sampler")
+        if not isinstance(extra, dict):
+            raise ValueError("state_dict is not a LangevinSampler's (it has no 'sampler' entry)")
+        if extra["mode"] != self.mode:
+            raise ValueError(f"state is for mode {extra['mode']!r}, this sampler is {self.mode!r}")
+        lat = [z for _, z in self._latents()]
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)
+        ):
             raise ValueError("state_dict has a different number of latents or parameter groups")
-        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError("state_dict has a different parameter-group layout")
-            group.update({k: v for k, v in saved.items() if k != "params"})
-        for st, saved, (_, z) in zip(self.state, state_dict["state"], lat):
-            v = saved["v"]
+        ids = [i for g in saved_groups for i in g["params"]]
+        saved = [state_dict["state"].get(i) for i in ids]
+        for st, z in zip(saved, lat):
+            v = None if st is None else st.get("v")
             if v is not None and v.shape != z.shape:
                 raise ValueError(
                     f"saved state of shape {tuple(v.shape)} for a latent of shape {tuple(z.shape)}"
                 )
-            st["v"] = None if v is None else v.to(device=z.device, dtype=torch.float32, copy=True)
-            st["step"] = int(saved["step"])
-            st["frozen"] = bool(saved["frozen"])
-        self.seed = _check_u64("seed", state_dict["seed"])
-        self.offset = _check_u64("offset", state_dict["offset"])
-        self._dual.load_state_dict(state_dict["dual_averaging"])
-        cache = state_dict["mala_cache"]
+        super().load_state_dict(state_dict)
+        # torch casts floating-point state to each latent's dtype; v is float32 whatever the latents' dtype,
+        # so it is restored from the saved tensor itself (exactly).
+        for st, z in zip(saved, lat):
+            if st is not None and st.get("v") is not None:
+                self.state[z]["v"] = st["v"].to(device=z.device, dtype=torch.float32, copy=True)
+        self._noise.load_state_dict(extra["noise"])
+        self._dual.load_state_dict(extra["dual_averaging"])
+        cache = extra["mala_cache"]
         if cache is None:
             self._cache = None
         else:
             self._cache = {
-                "z": [c.to(z.device, copy=True) for c, (_, z) in zip(cache["z"], lat)],
+                "z": [c.to(z.device, copy=True) for c, z in zip(cache["z"], lat)],
                 "energy": cache["energy"].clone(),
-                "grad": [g.to(z.device, copy=True) for g, (_, z) in zip(cache["grad"], lat)],
+                "grad": [g.to(z.device, copy=True) for g, z in zip(cache["grad"], lat)],
             }
-        la = state_dict["last_accept"]
+        la = extra["last_accept"]
         self.last_accept = None if la is None else la.clone()
-        self.diagnostics.load_state_dict(state_dict["diagnostics"])
+        self.diagnostics.load_state_dict(extra["diagnostics"])
+        self._plan = None
 
     def __repr__(self) -> str:
         n = len(self._latents())
         return (
-            f"LangevinSampler(mode={self.mode!r}, latents={n}, step_size={self.defaults['step_size']}, "
-            f"seed={self.seed}, offset={self.offset})"
+            f"LangevinSampler(mode={self.mode!r}, latents={n}, groups={len(self.param_groups)}, "
+            f"lr={self.param_groups[0]['lr']}, seed={self.seed}, offset={self.offset})"
         )

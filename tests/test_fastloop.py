@@ -5,7 +5,7 @@
 * mode="compile" matches eager up to the rounding of the compiled decoder.
 * mode="cuda_graph" is rejected on CPU tensors (and with the host-reading reference backend) with a
   message that says what to use instead.
-* ``benchmarks/run_cpu_suite.py --quick`` runs the three levels, writes JSON/CSV rows carrying every
+* ``benchmarks/run_cpu_suite.py --quick`` runs the four levels, writes JSON/CSV rows carrying every
   environment key, plots and markdown tables.
 """
 
@@ -208,7 +208,7 @@ def test_env_keys_match_the_harness():
     assert tuple(harness.ENV_KEYS) == ENV_KEYS
 
 
-@pytest.mark.parametrize("level", ["op", "loop", "train"])
+@pytest.mark.parametrize("level", ["op", "loop", "train", "sampler"])
 def test_quick_benchmarks_write_rows_with_the_environment(quick_suite, level):
     _, rows, _ = quick_suite
     mine = [r for r in rows if r["level"] == level]
@@ -224,6 +224,7 @@ def test_quick_benchmarks_write_rows_with_the_environment(quick_suite, level):
         "op": {"eager", "cpu"},
         "loop": {"floor", "handwritten", "reference", "fused", "fused_loop"},
         "train": {"decoder_floor", "lpc_fused", "lpc_reference", "vae"},
+        "sampler": {"floor", "handwritten", "client", "sampler", "op"},
     }[level]
     assert expected <= providers
     if level == "loop":
@@ -239,7 +240,7 @@ def test_quick_suite_writes_csv_plots_and_tables(quick_suite):
     csv_lines = (out / "cpu.csv").read_text().splitlines()
     assert csv_lines[0].startswith("timestamp,level,bench,provider")
     assert len(csv_lines) == len(rows) + 1
-    for name in ("cpu_op.png", "cpu_loop.png", "cpu_train.png"):
+    for name in ("cpu_op.png", "cpu_loop.png", "cpu_train.png", "cpu_sampler.png"):
         assert (out / name).stat().st_size > 1000, name
     tables = (out / "cpu_tables.md").read_text()
     assert "| provider |" in tables and "floor / provider" in tables and "outside decoder" in tables

@@ -101,23 +101,44 @@ def test_step_matches_the_reference_update_and_advances_the_stream(mode):
     assert sampler.offset == off
 
 
-def test_one_fused_call_per_tensor_per_step(monkeypatch):
+def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
+    """A group's latents move in one multi-tensor launch; another group's settings need a second one."""
     calls = []
-    real = lpc_fast.langevin_step_
+    single, foreach = lpc_fast.langevin_step_, lpc_fast.langevin_step_foreach_
 
-    def counting(z, grad, v, **kw):
-        calls.append((z.data_ptr(), kw["offset"]))
-        return real(z, grad, v, **kw)
+    def counting_single(z, grad, v, **kw):
+        calls.append(("single", 1, kw["offset"]))
+        return single(z, grad, v, **kw)
 
-    monkeypatch.setattr(lpc_fast, "langevin_step_", counting)
+    def counting_foreach(zs, grads, vs, **kw):
+        calls.append(("foreach", len(zs), kw["offset"]))
+        return foreach(zs, grads, vs, **kw)
+
+    monkeypatch.setattr(lpc_fast, "langevin_step_", counting_single)
+    monkeypatch.setattr(lpc_fast, "langevin_step_foreach_", counting_foreach)
     a, b, c = torch.zeros(4, 2), torch.zeros(9), torch.zeros(3)
     sampler = LangevinSampler([{"params": [a, b]}, {"params": [c], "step_size": 0.2}], step_size=0.1)
     for _ in range(3):
         a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)  # c has no grad: skipped like an optimizer
         sampler.step()
-    assert len(calls) == 6
-    assert len({off for _, off in calls}) == 6  # never the same noise twice
+    assert [k for k, _, _ in calls] == ["foreach"] * 3 and all(n == 2 for _, n, _ in calls)
     assert torch.equal(c, torch.zeros(3))
+    c.grad = torch.ones_like(c)
+    sampler.step()
+    assert [k for k, _, _ in calls[3:]] == ["foreach", "single"]
+    assert len({off for _, _, off in calls}) == len(calls)  # never the same noise twice
+
+
+def test_a_latent_resized_behind_the_samplers_back_is_an_error_not_a_kernel_call():
+    """The cached step's kernels still check each latent (the plan's v no longer fits it)."""
+    a, b = torch.zeros(4, 2), torch.zeros(9)
+    sampler = LangevinSampler([a, b], lr=0.1)
+    a.grad, b.grad = torch.zeros(4, 2), torch.zeros(9)
+    sampler.step()
+    b.data = torch.zeros(12)
+    b.grad = torch.zeros(12)
+    with pytest.raises(ValueError, match=r"vs\[1\] must have the shape of"):
+        sampler.step()
 
 
 def test_zero_temperature_is_deterministic_gradient_descent():
@@ -135,17 +156,19 @@ def test_zero_temperature_is_deterministic_gradient_descent():
 def test_freeze_keeps_the_bias_corrected_preconditioner():
     z = torch.zeros(50, 4)
     beta, n = 0.9, 5
-    sampler = LangevinSampler([z], step_size=0.01, beta=beta, freeze_preconditioner_after=n)
+    sampler = LangevinSampler(
+        [z], step_size=0.01, mode="preconditioned", beta=beta, freeze_preconditioner_after=n
+    )
     closure = gaussian_closure(z, 1.0, 1.0)
     for _ in range(n):
         sampler.step(closure)
-    v_hat = sampler.state[0]["v"] / (1 - beta**n)
+    v_hat = sampler.state[z]["v"] / (1 - beta**n)
     p_expected = 1.0 / (1e-3 + torch.sqrt(v_hat))
     torch.testing.assert_close(sampler.preconditioner(z), p_expected)
     for _ in range(4):
         sampler.step(closure)
-    assert sampler.state[0]["frozen"]
-    torch.testing.assert_close(sampler.state[0]["v"], v_hat)
+    assert sampler.state[z]["frozen"]
+    torch.testing.assert_close(sampler.state[z]["v"], v_hat)
     torch.testing.assert_close(sampler.preconditioner(0), p_expected)
 
 
@@ -157,7 +180,7 @@ def test_reset_restarts_the_chain_state_but_not_the_noise():
     first = z.clone()
     offset = sampler.offset
     sampler.reset()
-    assert sampler.state[0]["step"] == 0 and torch.count_nonzero(sampler.state[0]["v"]) == 0
+    assert sampler.state[z]["step"] == 0 and torch.count_nonzero(sampler.state[z]["v"]) == 0
     assert sampler.offset == offset
     z.zero_()
     sampler.step(closure)
@@ -234,7 +257,7 @@ def test_state_dict_round_trip_continues_bit_identically(kwargs):
         resumed.step(gaussian_closure(z2, 0.5, 0.8))
     assert torch.equal(z, z2)
     assert resumed.offset == sampler.offset
-    assert torch.equal(resumed.state[0]["v"], sampler.state[0]["v"])
+    assert torch.equal(resumed.state[z2]["v"], sampler.state[z]["v"])
     if kwargs["mode"] == "mala":
         assert resumed.diagnostics.accepted == sampler.diagnostics.accepted
         assert resumed.step_scale() == sampler.step_scale()
@@ -282,7 +305,7 @@ def test_mala_removes_the_discretisation_bias():
     """a = 1.5: ULA's stationary variance would be 4 sigma^2; MALA's must be sigma^2 (2 checks)."""
     mu, sigma = 1.5, 0.7
     z = torch.zeros(20_000, 1)
-    sampler = LangevinSampler([z], step_size=1.5 * sigma**2, mode="mala", seed=77)
+    sampler = LangevinSampler([z], step_size=1.5 * sigma**2, mode="mala", seed=77, record_diagnostics=True)
     closure = gaussian_closure(z, mu, sigma)
     for _ in range(300):
         sampler.step(closure)

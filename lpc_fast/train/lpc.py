@@ -335,10 +335,10 @@ def _reset_chains(
     hit = bad.view(-1, *([1] * (z.dim() - 1)))
     z.copy_(torch.where(hit, z0.to(z.dtype), z))
     z.grad = torch.where(hit, g0, z.grad)
-    state = getattr(sampler, "state", None)
-    if not state or state[0].get("v") is None:
+    st = sampler.state.get(z)
+    if not st or st.get("v") is None:
         return
-    st, group = state[0], sampler.param_groups[0]
+    group = sampler.param_groups[0]
     # A fresh chain's first step has v_hat = g0**2; this v gives the same v_hat at the next (global)
     # step index s + 1 with bias correction, and v' = (1 - beta) g0**2 without, as a fresh chain.
     scale = (1.0 - group["beta"] ** st["step"]) if group["bias_correction"] else 0.0
