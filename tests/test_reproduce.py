@@ -250,6 +250,8 @@ def test_pilot_grid_must_be_log_spaced_over_two_decades():
         ReproConfig(sweep_factors=(0.1, 10.0)).validate()
     with pytest.raises(ValueError, match="prior_steps"):
         ReproConfig(prior_steps=777).validate()
+    with pytest.raises(ValueError, match="ablation_steps"):
+        ReproConfig(ablation_steps=777).validate()
 
 
 def test_cells_follow_the_protocol():
@@ -273,6 +275,13 @@ def test_cells_follow_the_protocol():
     assert cells["vae"].steps == cfg.vae_steps and cells["vae"].eval_every == cfg.vae_eval_every
     assert equal_step_budgets(cfg) == [400, 1600, 2000]
     assert cells["vae"].test_steps == (400, 1600)  # the cap is evaluated anyway
+    short = {c.name: c for c in build_cells(ReproConfig(prior_steps=400, ablation_steps=1600), chosen)}
+    for name, c in short.items():
+        expected = {"vae": cfg.vae_steps, "lpc_prior": 400}.get(
+            name, cfg.steps if c.group == "headline" else 1600
+        )
+        assert c.steps == expected, name
+        assert c.test_steps == tuple(b for b in (400, 1600) if b < expected), name
     pilot = build_pilot_cells(cfg)
     assert len(pilot) == 2 * len(cfg.pilot_step_sizes)
     assert all(not c.test_eval and set(c.seeds).isdisjoint(range(cfg.seeds)) for c in pilot)
@@ -371,8 +380,8 @@ def _synthetic_results(final_nll, *, capped=(), diverged=(), cfg=None):
             nll = final_nll(cell.name, seed)
             bad = (cell.name, seed) in diverged
             cap = cell.name in capped
-            stop = cell.steps if cap else 80
-            best = stop if cap else 50
+            stop = cell.steps if cap else int(0.8 * cell.steps)
+            best = stop if cap else int(0.5 * cell.steps)
             evals = [
                 {
                     "step": s,
@@ -496,6 +505,21 @@ def test_claims_without_effects_are_not_supported():
     )
     for view in ("a", "b"):
         assert all(v["verdict"] == NOT_SUPPORTED for v in _views(results, "matches_vae", view))
+
+
+def test_equal_step_views_stay_within_every_compared_cells_cap():
+    cfg = ReproConfig(
+        seeds=3, ablation_seeds=3, steps=100, vae_steps=100, budgets=(50,), ablation_steps=50, prior_steps=50
+    )
+    results = _synthetic_results(lambda cell, seed: 100.0 + seed, cfg=cfg)
+    for cid in ("best_objective", "precondition_robust", "encoder_beats_prior"):
+        labels = [v["label"] for v in _views(results, cid, "a")]
+        assert labels and all(label.startswith("50 SGD steps") for label in labels), (cid, labels)
+    assert [v["label"] for v in _views(results, "matches_vae", "a")] == [
+        "50 SGD steps each",
+        "100 SGD steps each",
+    ]
+    assert "ablation and sweep cells at most 50" in write_report(results)
 
 
 def test_a_capped_opponent_makes_the_converged_verdict_inconclusive():

@@ -252,6 +252,12 @@ def _view(view: str, label: str, verdict: str, tests: list[Comparison], note: st
     }
 
 
+def _budgets(results: dict[str, Any], *cells: str) -> list[int]:
+    """Equal-step budgets that every one of ``cells`` can reach (at most each one's cap)."""
+    caps = [c["steps"] for name, c in _cells(results).items() if name in cells]
+    return [b for b in equal_step_budgets(config_from_dict(results["config"])) if all(b <= c for c in caps)]
+
+
 def _have(results: dict[str, Any], *cells: str) -> bool:
     names = _cells(results)
     return all(c in names for c in cells)
@@ -287,7 +293,7 @@ def _claim_matches_vae(results: dict[str, Any]) -> dict[str, Any]:
     cfg = results["config"]
     views = []
     if _have(results, LPC_MAIN, "vae"):
-        for b in equal_step_budgets(config_from_dict(cfg)):
+        for b in _budgets(results, LPC_MAIN, "vae"):
             verdict, tests = _matches(results, LPC_MAIN, "vae", b, b)
             views.append(_view("a", f"{b} SGD steps each", verdict, tests))
         verdict, tests = _matches(results, LPC_MAIN, "vae", "final", "final")
@@ -420,7 +426,7 @@ def _claim_robust(results: dict[str, Any]) -> dict[str, Any]:
     cells = {pre: [sweep_cell_name(pre, f) for f in cfg["sweep_factors"]] for pre in (True, False)}
     views = []
     if _have(results, *cells[True], *cells[False]):
-        for b in equal_step_budgets(config_from_dict(cfg)):
+        for b in _budgets(results, *cells[True], *cells[False]):
             t = superiority(
                 _sweep_ranges(results, True, b),
                 _sweep_ranges(results, False, b),
@@ -483,15 +489,13 @@ def _encoder_vs(results: dict[str, Any], b: str, at: int | str) -> tuple[str, li
 
 def _claim_encoder(results: dict[str, Any]) -> dict[str, Any]:
     cfg = results["config"]
-    rc = config_from_dict(cfg)
     views = []
     if _have(results, LPC_MAIN, PRIOR):
-        for b in equal_step_budgets(rc):
-            if b <= rc.prior_cap:
-                verdict, tests = _encoder_vs(results, PRIOR, b)
-                views.append(
-                    _view("a", f"{b} SGD steps each, prior T = {cfg['prior_chain_length']}", verdict, tests)
-                )
+        for b in _budgets(results, LPC_MAIN, PRIOR):
+            verdict, tests = _encoder_vs(results, PRIOR, b)
+            views.append(
+                _view("a", f"{b} SGD steps each, prior T = {cfg['prior_chain_length']}", verdict, tests)
+            )
         verdict, tests = _encoder_vs(results, PRIOR, "final")
         guarded, note = cap_guard(verdict, _capped(results, LPC_MAIN), _capped(results, PRIOR))
         views.append(
@@ -505,7 +509,7 @@ def _claim_encoder(results: dict[str, Any]) -> dict[str, Any]:
             )
         )
     if _have(results, LPC_MAIN, PRIOR_EQUAL):
-        for b in equal_step_budgets(rc):
+        for b in _budgets(results, LPC_MAIN, PRIOR_EQUAL):
             verdict, tests = _encoder_vs(results, PRIOR_EQUAL, b)
             views.append(
                 _view(
@@ -572,7 +576,8 @@ def _claim_objective(results: dict[str, Any]) -> dict[str, Any]:
     cfg = results["config"]
     views = []
     if "forward_kl" in cfg["objectives"]:
-        for b in equal_step_budgets(config_from_dict(cfg)):
+        involved = [lpc_cell_name(o, p) for o in cfg["objectives"] for p in (True, False)]
+        for b in _budgets(results, *involved):
             verdict, tests, _ = _objectives(results, True, b, False)
             ula, _, _ = _objectives(results, False, b, False)
             views.append(_view("a", f"{b} SGD steps each", verdict, tests, verdict_ula=ula))

@@ -50,6 +50,7 @@ _FIELDS = {
     "steps": "steps",
     "vae_steps": "vae_steps",
     "prior_steps": "prior_steps",
+    "ablation_steps": "ablation_steps",
     "budgets": "budgets",
     "eval_every": "eval_every",
     "vae_eval_every": "vae_eval_every",
@@ -112,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="SGD step cap of the prior-initialised cell at the paper's T (one of --budgets or --steps; "
         "default --steps)",
+    )
+    p.add_argument(
+        "--ablation-steps",
+        type=_positive_int,
+        help="SGD step cap of the ablation and sweep cells (one of --budgets or --steps; default --steps)",
     )
     p.add_argument(
         "--budgets",

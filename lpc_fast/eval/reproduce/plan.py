@@ -78,6 +78,8 @@ class ReproConfig:
     prior_steps : int or None
         Cap of the prior-initialised cell at ``T = prior_chain_length`` (None: ``steps``). A lower cap
         keeps that expensive cell affordable; a run stopped by it is reported as not converged.
+    ablation_steps : int or None
+        Cap of the ablation and sweep cells (None: ``steps``), for the same reason.
     budgets : tuple of int
         SGD steps at which every run is fully evaluated on the test split (the equal-steps view); the
         common cap ``min(steps, vae_steps)`` is always added.
@@ -135,6 +137,7 @@ class ReproConfig:
     steps: int = 2000
     vae_steps: int = 2000
     prior_steps: int | None = None
+    ablation_steps: int | None = None
     budgets: tuple[int, ...] = (400, 1600)
     eval_every: int = 50
     vae_eval_every: int = 100
@@ -174,6 +177,11 @@ class ReproConfig:
         """Cap of the headline prior cell."""
         return self.prior_steps if self.prior_steps is not None else self.steps
 
+    @property
+    def ablation_cap(self) -> int:
+        """Cap of the ablation and sweep cells."""
+        return self.ablation_steps if self.ablation_steps is not None else self.steps
+
     def validate(self) -> ReproConfig:
         """Raise ``ValueError`` naming the first invalid field."""
         for name in (
@@ -198,11 +206,13 @@ class ReproConfig:
             raise ValueError(
                 "seeds and ablation_seeds must be >= 2 (Welch's test needs two values per group)"
             )
-        if self.prior_steps is not None and self.prior_steps not in (*self.budgets, self.steps):
-            raise ValueError(
-                f"prior_steps must be None or one of the budgets {self.budgets} or steps ({self.steps}), "
-                f"got {self.prior_steps}: the prior cell is compared at equal steps there"
-            )
+        for name in ("prior_steps", "ablation_steps"):
+            value = getattr(self, name)
+            if value is not None and value not in (*self.budgets, self.steps):
+                raise ValueError(
+                    f"{name} must be None or one of the budgets {self.budgets} or steps ({self.steps}), "
+                    f"got {value}: those cells are compared with the others at equal steps there"
+                )
         if any(b < 1 for b in self.budgets):
             raise ValueError(f"budgets must be positive step counts, got {self.budgets}")
         for name in ("cheap_is_samples", "num_is_samples"):
@@ -497,6 +507,7 @@ def build_cells(cfg: ReproConfig, step_sizes: dict[str, float] | None) -> list[C
 
     enc = dict(warm_start="encoder", num_langevin_steps=cfg.encoder_chain_length)
     n = cfg.steps
+    na = cfg.ablation_cap
     cells = [
         CellSpec(
             "vae",
@@ -546,10 +557,10 @@ def build_cells(cfg: ReproConfig, step_sizes: dict[str, float] | None) -> list[C
             f"LPC, prior init (T={cfg.encoder_chain_length}, equal compute), Jeffreys, precond.",
             "ablation",
             lpc(True, **prior, num_langevin_steps=cfg.encoder_chain_length),
-            n,
+            na,
             abl,
             cfg.eval_every,
-            test_steps=tests(n),
+            test_steps=tests(na),
             precondition=True,
             step_size=eta(True),
         )
@@ -564,10 +575,10 @@ def build_cells(cfg: ReproConfig, step_sizes: dict[str, float] | None) -> list[C
                     f"LPC, encoder init, {objective}, {'precond.' if pre else 'ULA'}",
                     "ablation",
                     lpc(pre, **enc, encoder_objective=objective),
-                    n,
+                    na,
                     abl,
                     cfg.eval_every,
-                    test_steps=tests(n),
+                    test_steps=tests(na),
                     precondition=pre,
                     step_size=eta(pre),
                 )
@@ -578,10 +589,10 @@ def build_cells(cfg: ReproConfig, step_sizes: dict[str, float] | None) -> list[C
             "PC (temperature 0), encoder init, Jeffreys, precond.",
             "ablation",
             dict(lpc(True, **enc, encoder_objective="jeffreys"), method="pc"),
-            n,
+            na,
             abl,
             cfg.eval_every,
-            test_steps=tests(n),
+            test_steps=tests(na),
             precondition=True,
             step_size=eta(True),
         )
@@ -598,10 +609,10 @@ def build_cells(cfg: ReproConfig, step_sizes: dict[str, float] | None) -> list[C
                     + (f"{e * factor:.3g} ({factor:g}× chosen)" if e is not None else f"{factor:g}× chosen"),
                     "sweep",
                     lpc(pre, factor, **enc, encoder_objective="jeffreys"),
-                    n,
+                    na,
                     abl,
                     cfg.eval_every,
-                    test_steps=tests(n),
+                    test_steps=tests(na),
                     precondition=pre,
                     step_size=None if e is None else e * factor,
                     sweep_factor=factor,

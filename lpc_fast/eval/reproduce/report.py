@@ -31,11 +31,11 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     chosen = cfg.get("chosen_step_sizes") or {}
     grid = ", ".join(f"{g:g}" for g in cfg["pilot_step_sizes"])
     budgets = ", ".join(str(b) for b in equal_step_budgets(rc))
-    prior_cap = (
-        f"; the T = {cfg['prior_chain_length']} prior cell at most {rc.prior_cap}"
-        if rc.prior_cap != cfg["steps"]
-        else ""
-    )
+    caps = ""
+    if rc.prior_cap != cfg["steps"]:
+        caps += f"; the T = {cfg['prior_chain_length']} prior cell at most {rc.prior_cap}"
+    if rc.ablation_cap != cfg["steps"]:
+        caps += f"; ablation and sweep cells at most {rc.ablation_cap}"
     return [
         "## Protocol",
         "",
@@ -63,7 +63,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "its "
         f"best validation state, evaluated once on the test split. Caps: LPC / PC {cfg['steps']} SGD steps, "
         "VAE "
-        f"{cfg['vae_steps']}{prior_cap}. Each run records where it stopped and why (patience, cap or "
+        f"{cfg['vae_steps']}{caps}. Each run records where it stopped and why (patience, cap or "
         "diverged); "
         "a run stopped by its cap had not converged.",
         f"- **Seeds.** {cfg['seeds']} for the headline cells "
@@ -340,8 +340,8 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        f"The factor-1 row is the headline cell ({cfg['seeds']} seeds; the other rows "
-        f"{cfg['ablation_seeds']}).",
+        f"The factor-1 row is the headline cell ({cfg['seeds']} seeds, cap {cfg['steps']}; the other rows "
+        f"{cfg['ablation_seeds']} seeds, cap {config_from_dict(cfg).ablation_cap}).",
         "",
     ]
     return lines
