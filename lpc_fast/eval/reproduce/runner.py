@@ -53,7 +53,8 @@ RESULTS_FORMAT = 2
 RESULTS_FILE = "results.json"
 #: Sample grids of the first seed of each headline / ablation cell (tensors), kept beside ``results.json``.
 GRIDS_FILE = "sample_grids.pt"
-#: Config fields that may differ between a stopped run and its resumption (they change no number).
+#: Config fields that may differ between a stopped run and its resumption (scheduling and selection only:
+#: a finished run stays valid).
 RESUME_FREE_FIELDS = ("jobs", "threads", "cells")
 
 
@@ -424,7 +425,10 @@ def _save_grids_atomic(path: Path, grids: dict[str, torch.Tensor]) -> None:
 
 
 def _run_key(run_or_task: dict[str, Any]) -> str:
-    return json.dumps([run_or_task["cell"], run_or_task["train_config"]], sort_keys=True)
+    """Identity of a run for ``--resume``: its cell and training configuration, thread count aside (a
+    finished run stays valid whatever the thread count of the runs still to come)."""
+    tc = {k: v for k, v in run_or_task["train_config"].items() if k != "num_threads"}
+    return json.dumps([run_or_task["cell"], tc], sort_keys=True)
 
 
 def _comparable_config(cfg: dict[str, Any]) -> dict[str, Any]:
