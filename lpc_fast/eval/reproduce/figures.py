@@ -1,10 +1,12 @@
 """Figures of a reproduction run (matplotlib, Agg backend: no display needed).
 
-* ``curves_steps.png``, ``curves_decoder_evals.png``, ``curves_wallclock.png``: the cheap test NLL and
-  Fréchet distance of every main method against SGD steps, decoder gradient evaluations and training
-  wall-clock (mean ± standard error bands over seeds);
-* ``step_size_sweep.png``: final test NLL against the Langevin step size, with and without preconditioning;
-* ``samples.png``: one grid of model samples per main method (first seed), built with
+* ``curves_steps.png``, ``curves_decoder_evals.png``, ``curves_wallclock.png``: the validation NLL and
+  Fréchet distance of every headline and ablation method against SGD steps, decoder gradient evaluations
+  and training wall-clock (mean ± standard error bands over seeds; the test split is not used along the
+  way);
+* ``step_size_pilot.png``: the pilot's validation NLL against the Langevin step size, per sampler;
+* ``step_size_sweep.png``: final test NLL against the Langevin step size over the robustness sweep;
+* ``samples.png``: one grid of model samples per method (first seed), built with
   :func:`lpc_fast.train.images.image_grid`.
 """
 
@@ -17,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .claims import metric_values, runs_of
+from .stats import mean_se
 
 __all__ = ["plot_curves", "plot_samples", "plot_step_size", "write_all"]
 
@@ -38,7 +43,7 @@ def _pyplot():
     return plt
 
 
-def _mean_se(rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+def _pointwise_mean_se(rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over runs at each evaluation index (as many runs as reach that index)."""
     length = max(len(r) for r in rows)
     mean, se = np.full(length, np.nan), np.zeros(length)
@@ -53,13 +58,13 @@ def _mean_se(rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
 def _series(runs: list[dict[str, Any]], x_key: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs = [[float(e[x_key]) for e in r["evals"]] for r in runs]
     ys = [[float(e[metric]) if e.get(metric) is not None else math.nan for e in r["evals"]] for r in runs]
-    x, _ = _mean_se(xs)
-    y, se = _mean_se(ys)
+    x, _ = _pointwise_mean_se(xs)
+    y, se = _pointwise_mean_se(ys)
     return x, y, se
 
 
 def plot_curves(results: dict[str, Any], x_key: str, x_label: str, path: str | os.PathLike[str]) -> Path:
-    """Cheap test NLL and Fréchet distance of every main cell against ``x_key``; one PNG.
+    """Validation NLL and Fréchet distance of every headline / ablation cell against ``x_key``; one PNG.
 
     Parameters
     ----------
@@ -76,7 +81,7 @@ def plot_curves(results: dict[str, Any], x_key: str, x_label: str, path: str | o
     Path
     """
     plt = _pyplot()
-    cells = [c for c in results["cells"] if c["group"] == "main"]
+    cells = [c for c in results["cells"] if c["group"] in ("headline", "ablation")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab10")
     for i, cell in enumerate(cells):
@@ -84,7 +89,7 @@ def plot_curves(results: dict[str, Any], x_key: str, x_label: str, path: str | o
         if not runs:
             continue
         color = cmap(i % 10)
-        for ax, metric in zip(axes, ("nll", "fid")):
+        for ax, metric in zip(axes, ("val_nll", "val_fid")):
             x, y, se = _series(runs, x_key, metric)
             ok = np.isfinite(x) & np.isfinite(y)
             if not ok.any():
@@ -93,8 +98,8 @@ def plot_curves(results: dict[str, Any], x_key: str, x_label: str, path: str | o
             ax.plot(x[ok], y[ok], style, color=color, lw=1.4, label=cell["label"])
             ax.fill_between(x[ok], (y - se)[ok], (y + se)[ok], color=color, alpha=0.2, lw=0)
     sizes = results.get("eval_sizes", {})
-    axes[0].set_ylabel(f"test NLL (nats, K={sizes.get('cheap_is_samples', '?')})")
-    axes[1].set_ylabel(f"Fréchet distance ({sizes.get('cheap_generated', '?')} samples)")
+    axes[0].set_ylabel(f"validation NLL (nats, K={sizes.get('cheap_is_samples', '?')})")
+    axes[1].set_ylabel(f"Fréchet distance to validation ({sizes.get('cheap_generated', '?')} samples)")
     for ax in axes:
         ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
@@ -119,8 +124,7 @@ def _clip_top(ax: Any) -> None:
 
 
 def plot_step_size(
-    step_sizes: Sequence[float],
-    series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[int]]],
+    series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[int]]],
     path: str | os.PathLike[str],
     *,
     ylabel: str = "final test NLL (nats)",
@@ -130,10 +134,9 @@ def plot_step_size(
 
     Parameters
     ----------
-    step_sizes : sequence of float
     series : dict
-        ``label -> (means, standard errors, diverged counts)``, one value per step size (NaN means where
-        every run diverged; those points are marked with an ``x`` at the top of the axis).
+        ``label -> (step sizes, means, standard errors, diverged counts)``, one value per step size (NaN
+        means where every run diverged; those points are marked with an ``x`` at the top of the axis).
     path : path
         Output PNG.
 
@@ -143,12 +146,12 @@ def plot_step_size(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    eta = np.asarray(step_sizes, dtype=float)
     finite_all = []
-    for mean, _, _ in series.values():
+    for _, mean, _, _ in series.values():
         finite_all += [m for m in mean if math.isfinite(m)]
     top = max(finite_all) if finite_all else 1.0
-    for label, (mean, se, diverged) in series.items():
+    for label, (step_sizes, mean, se, diverged) in series.items():
+        eta = np.asarray(step_sizes, dtype=float)
         m = np.asarray(mean, dtype=float)
         s = np.nan_to_num(np.asarray(se, dtype=float))
         line = ax.errorbar(eta, m, yerr=s, marker="o", capsize=3, label=label)
@@ -159,7 +162,7 @@ def plot_step_size(
     ax.set_xlabel("Langevin step size η")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    any_bad = any(d > 0 for _, _, div in series.values() for d in div)
+    any_bad = any(d > 0 for _, _, _, div in series.values() for d in div)
     ax.legend(fontsize=8, title="x: some runs diverged" if any_bad else None, title_fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
@@ -231,32 +234,55 @@ def write_all(results: dict[str, Any], grids: dict[str, Any], out: str | os.Path
     out : path
         Output directory.
     """
-    from lpc_fast.eval.reproduce import _cfg_obj, _final_values, _mean_se, _runs_of, sweep_cell_name
     from lpc_fast.train.images import image_grid
+
+    from .plan import sweep_cell_name
 
     out = Path(out)
     paths = [plot_curves(results, key, label, out / name) for key, label, name in CURVE_AXES]
-
     cfg = results["config"]
-    obj = _cfg_obj(cfg)
-    series = {}
-    for pre in (True, False):
-        means, ses, div = [], [], []
-        for eta in cfg["sweep_step_sizes"]:
-            cell = sweep_cell_name(obj, pre, eta)
-            m, s, _ = _mean_se(_final_values(results, cell, "nll_nats", penalise=False))
-            means.append(m)
-            ses.append(s if math.isfinite(s) else 0.0)
-            div.append(sum(r["diverged"] for r in _runs_of(results, cell)))
-        series["preconditioned" if pre else "ULA (no preconditioning)"] = (means, ses, div)
-    paths.append(
-        plot_step_size(
-            cfg["sweep_step_sizes"],
-            series,
-            out / "step_size_sweep.png",
-            title=f"{results['dataset']['name']}: LPC (encoder init, Jeffreys), mean ± s.e.",
+    names = {c["name"] for c in results["cells"]}
+
+    pilot = results.get("pilot")
+    if pilot:
+        series = {
+            sampler: (
+                [r["step_size"] for r in rows],
+                [r["val_nll"] if r["val_nll"] is not None else math.nan for r in rows],
+                [0.0] * len(rows),
+                [r["diverged"] for r in rows],
+            )
+            for sampler, rows in pilot.items()
+        }
+        paths.append(
+            plot_step_size(
+                series,
+                out / "step_size_pilot.png",
+                ylabel="best validation NLL (nats)",
+                title=f"{results['dataset']['name']}: step-size pilot (LPC, encoder init, Jeffreys)",
+            )
         )
-    )
+
+    chosen = cfg.get("chosen_step_sizes") or {}
+    if chosen and all(sweep_cell_name(p, f) in names for p in (True, False) for f in cfg["sweep_factors"]):
+        series = {}
+        for pre, key in ((True, "preconditioned"), (False, "ula")):
+            etas, means, ses, div = [], [], [], []
+            for f in cfg["sweep_factors"]:
+                cell = sweep_cell_name(pre, f)
+                m, s, _ = mean_se(metric_values(results, cell, "nll_nats", penalise=False))
+                etas.append(chosen[key] * f)
+                means.append(m)
+                ses.append(s if math.isfinite(s) else 0.0)
+                div.append(sum(r["diverged"] for r in runs_of(results, cell)))
+            series["preconditioned" if pre else "ULA (no preconditioning)"] = (etas, means, ses, div)
+        paths.append(
+            plot_step_size(
+                series,
+                out / "step_size_sweep.png",
+                title=f"{results['dataset']['name']}: LPC (encoder init, Jeffreys), mean ± s.e.",
+            )
+        )
 
     if grids:
         labels = {c["name"]: c["label"] for c in results["cells"]}
