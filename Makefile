@@ -85,10 +85,10 @@ CUDA_BUILD_ENV := LPC_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)"
 CUDA_BUILD_INPUTS := $(CSRC) setup.py pyproject.toml build_tools/cuda_toolkit.py
 PKG_FILES := $(shell find lpc_fast -name '*.py' -o -name 'py.typed' 2>/dev/null)
 # RNG, CPU-kernel, API and dispatcher-op tests (opcheck, gradcheck, torch.compile): what depends
-# on the torch version. The cross-backend parity suite (test_op_parity.py, 4 minutes) stays in
-# make test.
+# on the torch version; and setup.py's toolkit decision against a CUDA torch. The cross-backend
+# parity suite (test_op_parity.py, 4 minutes) stays in make test.
 CUDA_TESTS ?= tests/test_rng.py tests/test_cpu_kernel.py tests/test_api.py tests/test_dispatcher_ops.py \
-	tests/test_check_cuda_build.py
+	tests/test_check_cuda_build.py tests/test_cuda_toolkit.py
 
 pins = $$(grep -E '^($(1))([=<>]|$$)' requirements-dev.txt)
 

@@ -1,4 +1,5 @@
-"""CUDA toolkit discovery (``build_tools/cuda_toolkit.py``) on fake toolkit trees.
+"""CUDA toolkit discovery (``build_tools/cuda_toolkit.py``) on fake toolkit trees, and setup.py's
+decision built on it.
 
 Each test builds the directories it needs under ``tmp_path``: a toolkit is a directory with an
 executable ``bin/nvcc`` and ``include/crt/host_config.h``; the fake ``nvcc`` is a shell script
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cuda_toolkit", ROOT / "build_tools" / "cuda_toolkit.py")
@@ -171,3 +175,60 @@ def test_unreadable_version_is_an_error(tmp_path: Path) -> None:
     _write_exe(root / "bin" / "nvcc", "#!/bin/sh\necho nonsense\n")
     with pytest.raises(RuntimeError, match="printed no CUDA release"):
         ct.toolkit_version(ct.Toolkit(str(root), "CUDA_HOME"))
+
+
+# --- setup.py's decision, end to end (``setup.py --version`` runs it without building) ----------
+
+
+def _setup_decision(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    project = tmp_path / "project"
+    (project / "build_tools").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "setup.py", project / "setup.py")
+    shutil.copy(ROOT / "build_tools" / "cuda_toolkit.py", project / "build_tools" / "cuda_toolkit.py")
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "setup.py", "--version"],
+        cwd=project,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+needs_cuda_torch = pytest.mark.skipif(torch.version.cuda is None, reason="torch is a CPU build")
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="torch is a CUDA build")
+def test_setup_auto_on_cpu_torch_builds_cpu_only(tmp_path: Path) -> None:
+    proc = _setup_decision(tmp_path, {"LPC_FAST_CUDA": "auto"})
+    assert proc.returncode == 0, proc.stderr
+    assert "CUDA kernels OFF (torch" in proc.stdout and "is a CPU build" in proc.stdout
+
+
+@needs_cuda_torch
+def test_setup_follows_a_wrapper_nvcc(tmp_path: Path) -> None:
+    major = torch.version.cuda.split(".")[0]
+    tk = make_toolkit(tmp_path / "opt" / f"cuda-{major}.9", release=f"{major}.9")
+    wrapper = make_wrapper(tmp_path / "wrapbin" / "nvcc", tk / "bin" / "nvcc")
+    path = f"{wrapper.parent}:/usr/bin:/bin"
+    proc = _setup_decision(tmp_path, {"LPC_FAST_CUDA": "1", "PATH": path})
+    assert proc.returncode == 0, proc.stderr
+    assert f"CUDA kernels ON (torch CUDA {torch.version.cuda}, CUDA {major}.9 toolkit at {tk}" in proc.stdout
+    assert f"found by {wrapper} --dryrun TOP" in proc.stdout
+
+
+@needs_cuda_torch
+def test_setup_refuses_a_toolkit_of_another_major_version(tmp_path: Path) -> None:
+    tk = make_toolkit(tmp_path / "cuda-old", release="1.0")
+    proc = _setup_decision(tmp_path, {"LPC_FAST_CUDA": "1", "CUDA_HOME": str(tk)})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "LPC_FAST_CUDA=1 but the CUDA extension cannot be built" in lines[0]
+    assert f"is CUDA 1.0 but torch was built with CUDA {torch.version.cuda}" in lines[0]
+    # In auto mode the same toolkit means a CPU-only build that says why.
+    proc = _setup_decision(tmp_path, {"LPC_FAST_CUDA": "auto", "CUDA_HOME": str(tk)})
+    assert proc.returncode == 0, proc.stderr
+    assert "CUDA kernels OFF (" in proc.stdout and "is CUDA 1.0" in proc.stdout
