@@ -69,6 +69,8 @@ clean:
 # 4. A fast subset of the CPU tests runs against the CUDA build (torch 2.14 beside make test's
 #    torch 2.13).
 # Stamps make a rerun fast: only a change to the C++/CUDA sources or the build files rebuilds.
+# Measured on a 2-core machine shared with other builds: 21 min from a clean clone (two 5.5 GB
+# venvs, two builds for sm_80 and sm_90), 2.5 min for a rerun with nothing to rebuild.
 CUDA_TORCH_PIN := torch==2.14.1
 CUDA_ARCH_LIST := 8.0;9.0
 CUDA_VENV := .venv-cuda
