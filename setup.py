@@ -1,9 +1,15 @@
 """Build ``lpc_fast._C``: the C++ CPU kernels always; CUDA kernels when possible.
 
 ``LPC_FAST_CUDA``:
-  ``auto`` (default) build CUDA sources when torch is a CUDA build and nvcc is found;
+  ``auto`` (default) build CUDA sources when torch is a CUDA build and a CUDA toolkit of the
+           same major version is found;
   ``0``    never build CUDA sources;
   ``1``    build CUDA sources or fail with the reason (never a silent CPU-only build).
+
+The CUDA toolkit is found by ``build_tools/cuda_toolkit.py`` (``CUDA_HOME``/``CUDA_PATH``, else
+the toolkit behind the ``nvcc`` on ``PATH``, even through a wrapper script or symlinks, else
+``/usr/local/cuda``) and handed to torch before it guesses one. ``TORCH_CUDA_ARCH_LIST`` selects
+the GPU architectures (default ``8.0;9.0+PTX``).
 
 Build with ``pip install --no-build-isolation -e .`` so the extension compiles
 against the torch already installed (torch is deliberately not a build requirement).
@@ -12,8 +18,8 @@ against the torch already installed (torch is deliberately not a build requireme
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
-import shutil
 import sys
 
 from setuptools import setup
@@ -28,7 +34,6 @@ def _fail(msg: str) -> None:
 
 try:
     import torch
-    from torch.utils import cpp_extension
 except ImportError:  # pragma: no cover - exercised only on broken setups
     _fail(
         "torch must be installed before building lpc_fast "
@@ -36,60 +41,91 @@ except ImportError:  # pragma: no cover - exercised only on broken setups
     )
 
 
-def _cuda_decision() -> tuple[bool, str]:
-    """Whether to build CUDA sources, and why (or why not)."""
+def _load_toolkit_module():
+    # build_tools/ is not a package of the distribution: load the file by path.
+    path = os.path.join(ROOT, "build_tools", "cuda_toolkit.py")
+    spec = importlib.util.spec_from_file_location("_lpc_fast_cuda_toolkit", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_toolkit = _load_toolkit_module()
+
+#: Architectures built when TORCH_CUDA_ARCH_LIST is unset: Ampere and Hopper machine code, plus
+#: Hopper PTX that newer GPUs compile at load time.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _cuda_decision():
+    """The CUDA toolkit to build with (None: CPU only), and why."""
     mode = os.environ.get("LPC_FAST_CUDA", "auto").strip().lower()
     if mode not in {"auto", "0", "1"}:
         _fail(f"LPC_FAST_CUDA must be one of auto, 0, 1; got {mode!r}")
     if mode == "0":
-        return False, "LPC_FAST_CUDA=0"
+        return None, "LPC_FAST_CUDA=0"
     reasons = []
     if torch.version.cuda is None:
         reasons.append(f"torch {torch.__version__} is a CPU build (torch.version.cuda is None)")
-    cuda_home = os.environ.get("CUDA_HOME") or cpp_extension.CUDA_HOME
-    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else shutil.which("nvcc")
-    if not nvcc or not os.path.exists(nvcc):
-        reasons.append("nvcc not found (set CUDA_HOME)")
+        if mode == "auto":
+            return None, reasons[0]
+    toolkit = version = None
+    try:
+        toolkit = cuda_toolkit.find_toolkit()
+    except cuda_toolkit.ToolkitNotFound as exc:
+        reasons.append(str(exc))
+    if toolkit is not None and torch.version.cuda is not None:
+        try:
+            version = cuda_toolkit.check_version(toolkit, torch.version.cuda)
+        except RuntimeError as exc:  # ToolkitVersionMismatch, or an nvcc that cannot be run
+            reasons.append(str(exc))
     if reasons:
         if mode == "1":
             _fail("LPC_FAST_CUDA=1 but the CUDA extension cannot be built: " + "; ".join(reasons))
-        return False, "; ".join(reasons)
-    return True, f"torch CUDA {torch.version.cuda}, nvcc at {nvcc}"
+        return None, "; ".join(reasons)
+    return toolkit, (
+        f"torch CUDA {torch.version.cuda}, CUDA {version[0]}.{version[1]} toolkit at {toolkit.root} "
+        f"(found by {toolkit.found_by})"
+    )
 
 
-def _extension():
-    with_cuda, why = _cuda_decision()
-    print(f"lpc_fast setup: CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})")
+def _extension_and_build_command():
+    toolkit, why = _cuda_decision()
+    print(f"lpc_fast setup: CUDA kernels {'ON' if toolkit else 'OFF'} ({why})")
+    if toolkit is not None:
+        # torch's cpp_extension fixes its CUDA_HOME when first imported (from CUDA_HOME, else
+        # from the nvcc on PATH, which may be a wrapper outside the toolkit): set it first.
+        os.environ["CUDA_HOME"] = toolkit.root
+    from torch.utils import cpp_extension
+
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # No -std flag: torch's cpp_extension picks the standard its headers need.
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno"]
     link_flags = ["-fopenmp"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     define_macros = []
-    if with_cuda:
-        # pip's nvidia-* wheels keep CUDA library headers (cusparse.h, ...) under site-packages.
-        for site in sys.path:
-            cand = os.path.join(site, "nvidia", "cu13", "include")
-            if os.path.isdir(cand):
-                include_dirs.append(cand)
+    if toolkit is not None:
+        cpp_extension.CUDA_HOME = toolkit.root  # in case cpp_extension was imported earlier
+        # torch turns TORCH_CUDA_ARCH_LIST into -gencode flags; set, it is the user's choice.
+        archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        print(f"lpc_fast setup: CUDA architectures {archs} (TORCH_CUDA_ARCH_LIST)")
+        # The toolkit's headers first: nothing else may shadow crt/ and the runtime headers.
+        include_dirs.append(toolkit.include)
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        nvcc_flags = [
-            "-O3",
-            "-gencode=arch=compute_80,code=sm_80",
-            "-gencode=arch=compute_90,code=sm_90",
-            "-gencode=arch=compute_90,code=compute_90",
-        ]
         define_macros.append(("LPC_FAST_WITH_CUDA", "1"))
-        return cpp_extension.CUDAExtension(
+        ext = cpp_extension.CUDAExtension(
             "lpc_fast._C",
             sources,
             include_dirs=include_dirs,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=link_flags,
         )
-    return cpp_extension.CppExtension(
+        return ext, build_ext
+    ext = cpp_extension.CppExtension(
         "lpc_fast._C",
         sources,
         include_dirs=include_dirs,
@@ -97,9 +133,8 @@ def _extension():
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=link_flags,
     )
+    return ext, build_ext
 
 
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-)
+_ext, _build_ext = _extension_and_build_command()
+setup(ext_modules=[_ext], cmdclass={"build_ext": _build_ext})

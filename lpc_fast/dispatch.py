@@ -217,7 +217,7 @@ class CudaBackend(_DispatcherBackend):
         if not (hasattr(module, "with_cuda") and module.with_cuda()):
             return False, "lpc_fast._C was built without CUDA kernels (CPU torch or LPC_FAST_CUDA=0)"
         if not torch.cuda.is_available():
-            return False, "no CUDA device is visible"
+            return False, "lpc_fast._C was built with CUDA kernels, but no CUDA device is visible"
         return True, f"C++/CUDA extension, {torch.cuda.get_device_name()}"
 
 

@@ -12,6 +12,7 @@ Running the kernels needs a GPU: see ``tests/gpu``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -40,18 +41,29 @@ except ImportError:  # pragma: no cover - older torch layouts
     ]
 
 
-def _find_nvcc() -> str | None:
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    candidates = [os.path.join(cuda_home, "bin", "nvcc")] if cuda_home else []
-    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
-    for cand in candidates:
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
+def _load_toolkit_module():
+    path = ROOT / "build_tools" / "cuda_toolkit.py"
+    spec = importlib.util.spec_from_file_location("_lpc_fast_cuda_toolkit", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-NVCC = _find_nvcc()
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+cuda_toolkit = _load_toolkit_module()
+
+
+def _find_toolkit():
+    """The toolkit setup.py would build with (see build_tools/cuda_toolkit.py), or None."""
+    try:
+        return cuda_toolkit.find_toolkit()
+    except cuda_toolkit.ToolkitNotFound:
+        return None
+
+
+TOOLKIT = _find_toolkit()
+NVCC = TOOLKIT.nvcc if TOOLKIT is not None else None
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="no CUDA toolkit found (set CUDA_HOME)")
 
 
 def _nvcc(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -158,16 +170,6 @@ int main() {
     assert "bad=0" in proc.stdout
 
 
-def _cuda_include_dir() -> Path | None:
-    # nvcc may be a wrapper script outside the toolkit: look at the usual homes too.
-    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    homes += [str(Path(NVCC).resolve().parent.parent), "/usr/local/cuda"]
-    for home in homes:
-        if home and (Path(home) / "include" / "cuda_runtime.h").is_file():
-            return Path(home) / "include"
-    return None
-
-
 def _torch_include_dirs() -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
@@ -186,9 +188,7 @@ def test_cuda_glue_compiles_against_torch_headers(tmp_path: Path) -> None:
     stub = tmp_path / "stub" / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    cuda_include = _cuda_include_dir()
-    if cuda_include is None:
-        pytest.skip("no CUDA include directory with cuda_runtime.h (set CUDA_HOME)")
+    cuda_include = TOOLKIT.include
     cmd = ["g++", "-fsyntax-only", "-std=c++17", "-Wall", "-Wextra", "-DLPC_FAST_WITH_CUDA=1"]
     for inc in _torch_include_dirs():
         cmd += ["-isystem", inc]
@@ -211,9 +211,12 @@ def test_cuda_glue_is_guarded() -> None:
 
 
 def _run_setup(tmp_path: Path, env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
-    # A copy of setup.py in an empty directory: the CUDA decision runs before any source is
-    # looked at, and nothing of the in-place build can be overwritten.
+    # A copy of setup.py (and the toolkit finder it loads) in an empty directory: the CUDA
+    # decision runs before any source is looked at, and nothing of the in-place build can be
+    # overwritten.
     shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
+    (tmp_path / "build_tools").mkdir()
+    shutil.copy(ROOT / "build_tools" / "cuda_toolkit.py", tmp_path / "build_tools" / "cuda_toolkit.py")
     env = dict(os.environ, LPC_FAST_CUDA="1", **env_overrides)
     return subprocess.run(
         [sys.executable, "setup.py", "build_ext"],
@@ -232,12 +235,16 @@ def test_forced_cuda_build_fails_loudly_on_cpu_torch(tmp_path: Path) -> None:
     assert "LPC_FAST_CUDA=1" in proc.stderr
     assert "CPU build" in proc.stderr
     # It failed before compiling anything.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["setup.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build_tools", "setup.py"]
 
 
-def test_forced_cuda_build_fails_loudly_without_nvcc(tmp_path: Path) -> None:
-    proc = _run_setup(tmp_path, {"CUDA_HOME": str(tmp_path / "no-cuda-here")})
+def test_forced_cuda_build_fails_loudly_without_toolkit(tmp_path: Path) -> None:
+    missing = tmp_path / "no-cuda-here"
+    proc = _run_setup(tmp_path, {"CUDA_HOME": str(missing)})
     assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "LPC_FAST_CUDA=1" in proc.stderr
-    assert "nvcc not found" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["setup.py"]
+    # One line, naming the switch and the candidate that was tried.
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "LPC_FAST_CUDA=1" in lines[0]
+    assert "no CUDA toolkit found" in lines[0] and f"CUDA_HOME={missing} (does not exist)" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build_tools", "setup.py"]
