@@ -200,6 +200,37 @@ __device__ __forceinline__ StepCoeffs<C> resolve(const StepArgs& a, uint64_t& se
   return make_step_coeffs<C>(a.step_size, a.beta, a.eps, a.temperature, c);
 }
 
+// The forward update of the `count` elements of one sub-chunk starting at `base`: the body that
+// step_kernel and the multi-tensor kernel share. z_out / v_out may alias z / v.
+template <typename S, bool kPrecondition, bool kPriorGrad, typename C>
+__device__ __forceinline__ void step_chunk(const S* z, const S* __restrict__ grad, const float* v,
+                                           S* z_out, float* v_out, int64_t base, int count,
+                                           bool vec, bool noise_needed, uint64_t seed,
+                                           uint64_t offset, const StepCoeffs<C>& k) {
+  constexpr int N = Chunk<S>::kEpt;
+  Regs<S, N> zr, gr;
+  Regs<float, N> vr;
+  load_chunk(z, base, count, vec, zr);
+  load_chunk(grad, base, count, vec, gr);
+  if (kPrecondition) load_chunk(v, base, count, vec, vr);
+  C noise[N];
+  chunk_noise(noise_needed, seed, offset, base, noise);
+  Regs<S, N> zo;
+  Regs<float, N> vo;
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    C z_new;
+    float v_new;
+    const float v_in = kPrecondition ? vr.v[e] : 0.0f;
+    langevin_forward<C>(to_compute(zr.v[e]), to_compute(gr.v[e]), v_in, noise[e], k, kPrecondition,
+                        kPriorGrad, z_new, v_new);
+    zo.v[e] = from_compute<S>(z_new);
+    vo.v[e] = v_new;
+  }
+  store_chunk(z_out, base, count, vec, zo);
+  if (kPrecondition) store_chunk(v_out, base, count, vec, vo);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels
 // ---------------------------------------------------------------------------------------------
@@ -219,28 +250,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = range.first; c < chunks; c += range.stride) {
     const int64_t base = c * N;
     const int count = chunk_count(base, n, N);
-    Regs<S, N> zr, gr;
-    Regs<float, N> vr;
-    load_chunk(z, base, count, vec, zr);
-    load_chunk(grad, base, count, vec, gr);
-    if (kPrecondition) load_chunk(v, base, count, vec, vr);
-    C noise[N];
-    chunk_noise(args.temperature != 0.0, seed, offset, base, noise);
-    Regs<S, N> zo;
-    Regs<float, N> vo;
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      C z_new;
-      float v_new;
-      const float v_in = kPrecondition ? vr.v[e] : 0.0f;
-      langevin_forward<C>(to_compute(zr.v[e]), to_compute(gr.v[e]), v_in, noise[e], k,
-                          kPrecondition, kPriorGrad, z_new, v_new);
-      zo.v[e] = from_compute<S>(z_new);
-      vo.v[e] = v_new;
-    }
-    store_chunk(z_out, base, count, vec, zo);
     // Without preconditioning v' = v: nothing to write (out of place, the caller copies v).
-    if (kPrecondition) store_chunk(v_out, base, count, vec, vo);
+    step_chunk<S, kPrecondition, kPriorGrad>(z, grad, v, z_out, v_out, base, count, vec,
+                                             args.temperature != 0.0, seed, offset, k);
   }
 }
 
@@ -382,27 +394,8 @@ __device__ __forceinline__ void foreach_chunk(const ForeachTable& t, int row,
   for (int64_t base = start + static_cast<int64_t>(threadIdx.x) * N; base < stop;
        base += static_cast<int64_t>(blockDim.x) * N) {
     const int count = chunk_count(base, n, N);
-    Regs<S, N> zr, gr;
-    Regs<float, N> vr;
-    load_chunk(static_cast<const S*>(z), base, count, vec, zr);
-    load_chunk(grad, base, count, vec, gr);
-    if (kPrecondition) load_chunk(static_cast<const float*>(v), base, count, vec, vr);
-    C noise[N];
-    chunk_noise(args.temperature != 0.0, seed, offset, base, noise);
-    Regs<S, N> zo;
-    Regs<float, N> vo;
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      C z_new;
-      float v_new;
-      const float v_in = kPrecondition ? vr.v[e] : 0.0f;
-      langevin_forward<C>(to_compute(zr.v[e]), to_compute(gr.v[e]), v_in, noise[e], k,
-                          kPrecondition, kPriorGrad, z_new, v_new);
-      zo.v[e] = from_compute<S>(z_new);
-      vo.v[e] = v_new;
-    }
-    store_chunk(z, base, count, vec, zo);
-    if (kPrecondition) store_chunk(v, base, count, vec, vo);
+    step_chunk<S, kPrecondition, kPriorGrad>(z, grad, v, z, v, base, count, vec,
+                                             args.temperature != 0.0, seed, offset, k);
   }
 }
 

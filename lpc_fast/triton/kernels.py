@@ -137,6 +137,40 @@ def _normals(seed, offset, pid, BLOCK: tl.constexpr, F64: tl.constexpr):
     return _interleave4(n0, n1, n2, n3)
 
 
+@triton.jit
+def _update(
+    z,
+    g,
+    v,
+    noise,
+    c,
+    eta,
+    beta,
+    omb,
+    eps,
+    ns,
+    F64: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+):
+    """The forward update of one tile (lpc_fast.reference.langevin_update): ``(z_new, v_new)``.
+
+    Without ``PRECONDITION`` ``v`` is not read and ``v_new`` is ``v``.
+    """
+    if PRIOR_GRAD:
+        s = g + z
+    else:
+        s = g
+    if PRECONDITION:
+        v_new = beta * v + omb * s * s
+        p = 1.0 / (eps + _sqrt(v_new * c, F64))
+        z_new = z - eta * p * s + ns * _sqrt(p, F64) * noise
+    else:
+        v_new = v
+        z_new = z - eta * s + ns * noise
+    return z_new, v_new
+
+
 # --------------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------------
@@ -198,19 +232,13 @@ def langevin_fwd_kernel(
     noise = _normals(seed, offset, pid, BLOCK, F64)
     z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
     g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
-    if PRIOR_GRAD:
-        s = g + z
-    else:
-        s = g
     if PRECONDITION:
         v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        v_new = beta * v + omb * s * s
-        p = 1.0 / (eps + _sqrt(v_new * c, F64))
-        z_new = z - eta * p * s + ns * _sqrt(p, F64) * noise
+        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, F64, True, PRIOR_GRAD)
         if STORE_V:
             tl.store(v_out_ptr + offs, v_new.to(tl.float32), mask=mask)
     else:
-        z_new = z - eta * s + ns * noise
+        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, F64, False, PRIOR_GRAD)
         if STORE_V:
             tl.store(v_out_ptr + offs, tl.load(v_ptr + offs, mask=mask, other=0.0), mask=mask)
     tl.store(z_out_ptr + offs, z_new.to(z_out_ptr.dtype.element_ty), mask=mask)
@@ -362,18 +390,12 @@ def _foreach_tile(
     noise = _normals(seed, offset, blk, BLOCK, F64)
     z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
     g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
-    if PRIOR_GRAD:
-        s = g + z
-    else:
-        s = g
     if PRECONDITION:
         v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        v_new = beta * v + omb * s * s
-        p = 1.0 / (eps + _sqrt(v_new * c, F64))
-        z_new = z - eta * p * s + ns * _sqrt(p, F64) * noise
+        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, F64, True, PRIOR_GRAD)
         tl.store(v_ptr + offs, v_new.to(tl.float32), mask=mask)
     else:
-        z_new = z - eta * s + ns * noise
+        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, F64, False, PRIOR_GRAD)
     tl.store(z_ptr + offs, z_new.to(DTYPE), mask=mask)
 
 
