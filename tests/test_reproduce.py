@@ -730,7 +730,13 @@ def test_a_stopped_run_resumes_without_retraining_finished_runs(tmp_path, monkey
     assert trained == ["vae"]  # only the missing seed
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["status"] == "complete" and resumed["resumed_runs"] == 1
-    strip = ("wall_seconds", "train_seconds", "evals", "best")  # wall-clock measurements differ
+    strip = (
+        "wall_seconds",
+        "train_seconds",
+        "train_wall_seconds",
+        "evals",
+        "best",
+    )  # wall-clock measurements differ
     for a, b in zip(full["runs"], resumed["runs"]):
         assert {k: v for k, v in a.items() if k not in strip} == {
             k: v for k, v in b.items() if k not in strip

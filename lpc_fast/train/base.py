@@ -180,6 +180,9 @@ class Trainer:
         self.step = 0
         self.decoder_grad_evals = 0
         self.elapsed = 0.0
+        #: Cumulative CPU seconds of this process spent in training steps: unlike ``elapsed``, not
+        #: inflated when other work shares the cores (a single-threaded CPU run's compute time).
+        self.cpu_elapsed = 0.0
         self.guard = DivergenceGuard(config.divergence_factor, config.divergence_window)
         #: Chains dropped or restarted by ``nonfinite_policy`` so far.
         self.nonfinite_chains = 0
@@ -227,7 +230,8 @@ class Trainer:
 
         Keys common to all trainers: ``step`` (1-based, after this step), ``epoch``, ``loss``,
         ``decoder_grad_evals`` (cumulative over the run, per data point chain), ``decoder_grad_evals_step``,
-        ``seconds`` (this step's wall clock), ``elapsed`` (cumulative wall clock, resumed runs included).
+        ``seconds`` (this step's wall clock), ``elapsed`` (cumulative wall clock, resumed runs included),
+        ``cpu_elapsed`` (cumulative CPU seconds of this process in training steps).
         """
         self.model.train()
         # What a step advances before its optimizer steps (model and optimizers change only after the
@@ -238,6 +242,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
+        cpu_start = time.process_time()
         try:
             metrics, evals = self._step(x)
         except TrainingFault:
@@ -248,6 +253,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        self.cpu_elapsed += time.process_time() - cpu_start
         self.step += 1
         self.decoder_grad_evals += evals
         self.elapsed += seconds
@@ -262,6 +268,7 @@ class Trainer:
             decoder_grad_evals_step=evals,
             seconds=seconds,
             elapsed=self.elapsed,
+            cpu_elapsed=self.cpu_elapsed,
         )
         return metrics
 
@@ -295,6 +302,7 @@ class Trainer:
             "sampler": self._sampler_state(),
             "decoder_grad_evals": self.decoder_grad_evals,
             "elapsed": self.elapsed,
+            "cpu_elapsed": self.cpu_elapsed,
             "guard": self.guard.state_dict(),
             "nonfinite_chains": self.nonfinite_chains,
         }
@@ -320,6 +328,7 @@ class Trainer:
         self.step = int(state["step"])
         self.decoder_grad_evals = int(state["decoder_grad_evals"])
         self.elapsed = float(state["elapsed"])
+        self.cpu_elapsed = float(state.get("cpu_elapsed", 0.0))  # absent from older checkpoints
         # Absent from checkpoints written before the guard existed.
         self.guard.load_state_dict(state.get("guard"))
         self.nonfinite_chains = int(state.get("nonfinite_chains", 0))

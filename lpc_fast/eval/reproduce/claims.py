@@ -8,7 +8,7 @@ The three views of a comparison:
 * **(b) trained to convergence**: test metrics of each run's best-validation state under early stopping;
   a verdict in favour of a method whose opponent stopped at its cap (not converged) is not accepted
   (:func:`lpc_fast.eval.reproduce.stats.cap_guard`);
-* **(c) equal compute**: equal decoder gradient evaluations and equal training wall-clock (the more
+* **(c) equal compute**: equal decoder gradient evaluations and equal training time (the more
   expensive method retrained to the budget at which the cheaper one converged), or, where two methods cost
   the same per step, (a) at equal steps.
 
@@ -61,7 +61,7 @@ FINAL_METRICS = {
 VIEWS = {
     "a": "equal SGD steps",
     "b": "trained to convergence (early stopping)",
-    "c": "equal compute (decoder gradient evaluations, wall-clock)",
+    "c": "equal compute (decoder gradient evaluations, training time)",
 }
 LPC_MAIN = lpc_cell_name("jeffreys", True)
 LPC_ULA = lpc_cell_name("jeffreys", False)

@@ -2,7 +2,7 @@
 
 * ``curves_steps.png``, ``curves_decoder_evals.png``, ``curves_wallclock.png``: the validation NLL and
   Fréchet distance of every headline and ablation method against SGD steps, decoder gradient evaluations
-  and training wall-clock (mean ± standard error bands over seeds; the test split is not used along the
+  and training time (mean ± standard error bands over seeds; the test split is not used along the
   way);
 * ``step_size_pilot.png``: the pilot's validation NLL against the Langevin step size, per sampler;
 * ``step_size_sweep.png``: final test NLL against the Langevin step size over the robustness sweep;
@@ -29,7 +29,7 @@ __all__ = ["plot_curves", "plot_samples", "plot_step_size", "write_all"]
 CURVE_AXES = (
     ("step", "SGD steps", "curves_steps.png"),
     ("decoder_grad_evals", "decoder gradient evaluations (per data point)", "curves_decoder_evals.png"),
-    ("elapsed", "training wall-clock (s)", "curves_wallclock.png"),
+    ("elapsed", "training time (s)", "curves_wallclock.png"),
 )
 _DPI = 80
 

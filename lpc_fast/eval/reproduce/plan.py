@@ -44,6 +44,7 @@ __all__ = [
     "quick_config",
     "split_validation",
     "sweep_cell_name",
+    "time_measure",
 ]
 
 #: Seed of the permutation that carves the validation split out of the training split (fixed: the
@@ -625,7 +626,21 @@ def build_cells(cfg: ReproConfig, step_sizes: dict[str, float] | None) -> list[C
 #: the other is retrained.
 EQUAL_COMPUTE_PAIRS = (("lpc_jeffreys_pre", "vae"),)
 #: Cost counters of the equal-compute view: key in an evaluation record -> description.
-COST_COUNTERS = {"decoder_grad_evals": "decoder gradient evaluations", "elapsed": "training wall-clock"}
+COST_COUNTERS = {"decoder_grad_evals": "decoder gradient evaluations", "elapsed": "training time"}
+#: What the ``elapsed`` counter measures, by :func:`time_measure`.
+TIME_MEASURES = {
+    "cpu": "CPU seconds of the single-threaded worker process spent in training steps (its wall clock on "
+    "an idle machine, and not inflated when other work shares the cores)",
+    "wall": "wall clock of the training steps",
+}
+
+
+def time_measure(device: Any, threads: int) -> str:
+    """The key of :data:`TIME_MEASURES` used for a run on ``device`` with ``threads`` torch threads.
+
+    CPU time is used for single-threaded CPU workers only: with several threads it would sum them.
+    """
+    return "cpu" if str(getattr(device, "type", device)) == "cpu" and threads == 1 else "wall"
 
 
 def build_equal_cells(cells: list[CellSpec], costs: dict[str, dict[str, float]]) -> list[CellSpec]:

@@ -80,7 +80,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "stopped "
         f"at its cap is not accepted); (c) {VIEWS['c']}: the method that is cheaper to converge fixes the "
         "budget (its mean cost at its best validation step), and the other is retrained deterministically to "
-        "that budget and evaluated there.",
+        "that budget and evaluated there. Training time is "
+        f"{(results.get('time_measure') or {}).get('description', 'the wall clock of the training steps')}.",
         f"- **Tests.** One-sided Welch t-tests over seeds at α = {cfg['alpha']}. *Supported*: the test of "
         "the "
         "claim rejects; *not supported*: the opposite one-sided test rejects; otherwise *inconclusive* (not "

@@ -30,6 +30,7 @@ from .common import finite, json_clean
 from .plan import (
     COST_COUNTERS,
     SAMPLERS,
+    TIME_MEASURES,
     CellSpec,
     ReproConfig,
     build_cells,
@@ -37,6 +38,7 @@ from .plan import (
     build_pilot_cells,
     config_from_dict,
     split_validation,
+    time_measure,
 )
 
 __all__ = [
@@ -194,11 +196,19 @@ def _run_task(task: dict[str, Any]) -> dict[str, Any]:
     best_state = None
     since_best = 0
 
+    # The time axis: CPU seconds of a single-threaded CPU worker (robust to other work sharing the
+    # cores, equal to its wall clock on an idle machine), else the wall clock of the training steps.
+    cpu_time = _WORKER["context"].get("time_measure") == "cpu"
+
+    def train_time() -> float:
+        return trainer.cpu_elapsed if cpu_time else trainer.elapsed
+
     def record(loss: float | None) -> dict[str, Any]:
         point = {
             "step": trainer.step,
             "decoder_grad_evals": trainer.decoder_grad_evals,
-            "elapsed": trainer.elapsed,
+            "elapsed": train_time(),
+            "wall_elapsed": trainer.elapsed,
             "train_loss": loss,
         }
         point.update(_validation_eval(trainer.model, seed))
@@ -266,7 +276,8 @@ def _run_task(task: dict[str, Any]) -> dict[str, Any]:
         "best": best,
         "final_step": final_step,
         "decoder_grad_evals_per_step": trainer.decoder_grad_evals / max(trainer.step, 1),
-        "train_seconds": trainer.elapsed,
+        "train_seconds": train_time(),
+        "train_wall_seconds": trainer.elapsed,
         "wall_seconds": time.perf_counter() - wall_start,
         "num_threads": torch.get_num_threads(),
         "evals": evals,
@@ -562,6 +573,7 @@ def run_reproduction(
         "num_is_samples": cfg.num_is_samples,
         "num_eval_points": min(cfg.num_eval_points, len(test)),
         "num_generated": min(cfg.num_generated, len(test)),
+        "time_measure": time_measure(device, cfg.threads),
     }
     git = _git_info()
     results: dict[str, Any] = {
@@ -584,6 +596,10 @@ def run_reproduction(
         "backend": lpc_fast.describe_selection(device, cfg.backend),
         "num_threads": cfg.threads,
         "jobs": cfg.jobs,
+        "time_measure": {
+            "key": context["time_measure"],
+            "description": TIME_MEASURES[context["time_measure"]],
+        },
         "dataset": {
             "name": cfg.dataset,
             "shape": list(fit.shape),
