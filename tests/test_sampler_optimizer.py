@@ -122,6 +122,48 @@ def test_add_param_group_zero_grad_and_hooks():
     assert a.grad is None and b.grad is None
 
 
+def test_step_hooks_run_like_torchs_and_the_profiler_still_sees_the_step():
+    """The lean step wrapper keeps torch's hook contract: global then per-instance pre-hooks (which may
+    rewrite the arguments), the step, per-instance then global post-hooks; and a profiler range."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    z = torch.zeros(5)
+    sampler = LangevinSampler([z], lr=0.1, temperature=0.0, seed=1)
+    calls = []
+    energies = torch.tensor([3.0])
+
+    def closure():
+        calls.append("closure")
+        z.grad = torch.ones_like(z)
+        return energies
+
+    def rewrite(opt, args, kwargs):
+        calls.append("pre")
+        return args, {"closure": closure}  # the step then runs with the closure
+
+    handles = [
+        register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append("global pre")),
+        register_optimizer_step_post_hook(lambda opt, args, kwargs: calls.append("global post")),
+        sampler.register_step_pre_hook(rewrite),
+        sampler.register_step_post_hook(lambda opt, args, kwargs: calls.append(("post", kwargs["closure"]))),
+    ]
+    try:
+        assert sampler.step() is energies
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == ["global pre", "pre", "closure", ("post", closure), "global post"]
+    torch.testing.assert_close(z, torch.full_like(z, -0.1))
+    bad = sampler.register_step_pre_hook(lambda opt, args, kwargs: 1)
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        sampler.step()
+    bad.remove()
+    assert getattr(LangevinSampler.step, "hooked", False)  # torch.optim does not wrap it again
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        sampler.step()
+    assert "Optimizer.step#LangevinSampler.step" in {e.key for e in prof.key_averages()}
+
+
 def test_parameters_and_tensors_that_require_grad_are_latents():
     """An nn.Parameter and a requires-grad tensor, gradients from autograd in a closure."""
     p = nn.Parameter(torch.full((4, 3), 1.0))
