@@ -235,6 +235,23 @@ def test_cap_guard_accepts_only_verdicts_against_converged_opponents():
 # -- the plan ----------------------------------------------------------------------------------------
 
 
+def test_last_window_gain_measures_the_fall_of_the_best_validation_nll():
+    from lpc_fast.eval.reproduce.report import last_window_gain
+
+    evals = [
+        {"step": s, "val_nll": v}
+        for s, v in [(0, 600.0), (100, 120.0), (200, 118.0), (300, 119.0), (400, 117.5)]
+    ]
+    # Best up to step 400 - 200 = 200 is 118.0; best overall 117.5.
+    assert last_window_gain(evals, 200) == pytest.approx(0.5)
+    # A window with no improvement gains 0; a window longer than the run has no answer.
+    assert last_window_gain(evals[:4], 100) == pytest.approx(0.0)
+    assert last_window_gain(evals, 500) is None and last_window_gain([], 100) is None
+    # Non-finite (diverged) evaluations are ignored.
+    bad = [*evals, {"step": 500, "val_nll": math.nan}]
+    assert last_window_gain(bad, 300) == pytest.approx(118.0 - 117.5)
+
+
 def test_pilot_grid_must_be_log_spaced_over_two_decades():
     ReproConfig().validate()
     assert len(ReproConfig().pilot_step_sizes) >= 5
