@@ -630,6 +630,24 @@ def test_parser_and_quick_config():
         build_parser().parse_args(["--pilot-step-sizes", "0.1,-1"])
 
 
+def test_conv_widths_reach_the_model_config_and_are_validated():
+    from lpc_fast.eval.reproduce.cli import config_from_args
+    from lpc_fast.eval.reproduce.plan import config_from_dict
+    from lpc_fast.eval.reproduce.runner import model_widths
+
+    args = build_parser().parse_args(
+        ["--dataset", "shapes32", "--conv-channels", "32,32,16,16", "--conv-hidden", "128"]
+    )
+    cfg = config_from_args(args)
+    assert model_widths(cfg) == {"conv_channels": (32, 32, 16, 16), "conv_hidden": 128}
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg  # survives the results.json round trip
+    assert model_widths(ReproConfig()) == {}  # default: the model's own widths
+    with pytest.raises(ValueError, match="conv_hidden"):
+        ReproConfig(conv_hidden=0).validate()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--conv-channels", "32,0"])
+
+
 def test_cell_filter_is_validated():
     cfg = ReproConfig(cells=("sweep", "vae"))
     names = [c.name for c in build_cells(cfg, None) if c.name.startswith(cfg.cells)]

@@ -63,6 +63,8 @@ _FIELDS = {
     "curve_fid": "curve_fid",
     "prior_chain_length": "prior_chain_length",
     "architecture": "architecture",
+    "conv_channels": "conv_channels",
+    "conv_hidden": "conv_hidden",
     "alpha": "alpha",
     "threads": "threads",
     "jobs": "jobs",
@@ -177,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--architecture", choices=("auto", "mlp", "conv"), help="default auto: conv for side >= 32"
+    )
+    p.add_argument(
+        "--conv-channels",
+        type=_int_list,
+        help="comma-separated channels of the conv networks (default: the beta-VAE widths 64,64,32,32)",
+    )
+    p.add_argument(
+        "--conv-hidden", type=_positive_int, help="fully connected width of the conv networks (default 256)"
     )
     p.add_argument("--alpha", type=float, help=f"one-sided level of the tests (default {d.alpha})")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -70,6 +70,9 @@ class ReproConfig:
         Any name :func:`lpc_fast.data.load_dataset` accepts (``digits``, ``shapes32``, ``npz:PATH`` ...).
     architecture : {"auto", "mlp", "conv"}
         ``auto`` picks the conv network for images of side >= 32, else the MLP.
+    conv_channels, conv_hidden : tuple of int or None, int or None
+        Widths of the conv networks (None: :class:`lpc_fast.models.ModelConfig`'s defaults, the paper's
+        beta-VAE widths). Narrower networks make a CPU run affordable; the report states them.
     seeds, ablation_seeds : int
         Seeds of the headline cells (:data:`HEADLINE_CELLS`) and of the other cells.
     steps : int
@@ -133,6 +136,8 @@ class ReproConfig:
 
     dataset: str = "digits"
     architecture: str = "auto"
+    conv_channels: tuple[int, ...] | None = None
+    conv_hidden: int | None = None
     seeds: int = 5
     ablation_seeds: int = 3
     steps: int = 2000
@@ -221,6 +226,12 @@ class ReproConfig:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
         if self.architecture not in ("auto", "mlp", "conv"):
             raise ValueError(f"architecture must be auto, mlp or conv, got {self.architecture!r}")
+        if self.conv_channels is not None and (
+            not self.conv_channels or any(int(c) < 1 for c in self.conv_channels)
+        ):
+            raise ValueError(f"conv_channels must be positive integers, got {self.conv_channels!r}")
+        if self.conv_hidden is not None and int(self.conv_hidden) < 1:
+            raise ValueError(f"conv_hidden must be a positive integer, got {self.conv_hidden!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         _check_pilot_grid(self.pilot_step_sizes)

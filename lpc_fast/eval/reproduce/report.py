@@ -121,7 +121,8 @@ def write_report(results: dict[str, Any]) -> str:
         f"- Data: {ds['name']} {tuple(ds['shape'])}, {ds['num_levels']} levels, {ds.get('num_fit', '?')} fit "
         "/ "
         f"{ds.get('num_validation', '?')} validation / {ds['num_test']} test images; model "
-        f"{results['architecture']} (latent 40, discretised Gaussian likelihood, σ = 0.1), batch "
+        f"{results['architecture']}{_widths(cfg, results['architecture'])} (latent 40, discretised Gaussian "
+        "likelihood, σ = 0.1), batch "
         f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}",
         f"- Sample-quality feature space: `{results['feature_space']}` (the package's offline CNN; these "
         "Fréchet "
@@ -173,6 +174,20 @@ def write_report(results: dict[str, Any]) -> str:
         lines += [f"![{f}]({f})" for f in figs]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _widths(cfg: dict[str, Any], architecture: str) -> str:
+    if architecture != "conv":
+        return ""
+    ch, hid = cfg.get("conv_channels"), cfg.get("conv_hidden")
+    if ch is None and hid is None:
+        return " (the beta-VAE widths)"
+    parts = []
+    if ch is not None:
+        parts.append(f"channels {', '.join(str(c) for c in ch)}")
+    if hid is not None:
+        parts.append(f"fully connected width {hid}")
+    return f" (**narrowed**: {'; '.join(parts)})"
 
 
 def _labels(results: dict[str, Any]) -> dict[str, str]:

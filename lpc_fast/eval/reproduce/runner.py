@@ -71,6 +71,16 @@ class ReproError(ValueError):
 _WORKER: dict[str, Any] = {}
 
 
+def model_widths(cfg: ReproConfig) -> dict[str, Any]:
+    """The :class:`lpc_fast.models.ModelConfig` width overrides of a reproduction (empty: defaults)."""
+    out: dict[str, Any] = {}
+    if cfg.conv_channels is not None:
+        out["conv_channels"] = tuple(int(c) for c in cfg.conv_channels)
+    if cfg.conv_hidden is not None:
+        out["conv_hidden"] = int(cfg.conv_hidden)
+    return out
+
+
 def _load_splits(dataset: str, validation_fraction: float) -> tuple[Any, Any, Any, dict[str, Any]]:
     from lpc_fast.data import load_dataset
 
@@ -557,7 +567,7 @@ def run_reproduction(
         device=cfg.device,
         backend=cfg.backend,
         num_threads=cfg.threads,
-        model=ModelConfig(architecture=arch),
+        model=ModelConfig(architecture=arch, **model_widths(cfg)),
     )
     device = resolve_device(cfg.device)
     context = {
