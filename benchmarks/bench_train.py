@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_train.py --device cpu|cuda [--model mlp|conv] [--T 20] [--batch 64]
         [--providers lpc_fused lpc_reference lpc_loop vae decoder_floor ...] [--budget 20]
-        [--threads N] [--json PATH] [--no-append] [--quick] [--no-fused-adam]
+        [--threads N] [--json PATH] [--no-append] [--quick] [--no-fused-adam] [--conv]
 
 Providers (each its own trainer, built from the same seed; a call is one ``train_step``):
 
@@ -13,6 +13,8 @@ Providers (each its own trainer, built from the same seed; a call is one ``train
 ``lpc_loop``       the trainer with ``loop_mode="eager"`` (chain in :class:`lpc_fast.fastloop.LangevinLoop`)
 ``lpc_graph``      ... with ``loop_mode="cuda_graph"`` (CUDA only)
 ``lpc_compile``    ... with ``loop_mode="compile"``
+``lpc_previous``   ``lpc_fused`` with the discretised-Gaussian likelihood evaluated branch by branch (four
+                   ``log_ndtr`` per pixel: the default before the two-evaluation form; bit-identical)
 ``vae``            :class:`lpc_fast.train.VAETrainer` (one decoder pass per step)
 ``decoder_floor``  the decoder forward/backward passes an LPC step makes (``decoder_grad_evals_step``
                    of them: ``T + 1`` chain passes plus the reverse-KL pass), alone, at the same batch
@@ -29,6 +31,10 @@ discretised-Gaussian likelihood, encoder warm start, Jeffreys encoder objective,
 The trainers use fused Adam where torch supports it (``TrainConfig.fused_optimizer``);
 ``--no-fused-adam`` times them with the default Adam. ``--no-encoder`` drops the encoder (prior warm
 start): the step is then the chain and the decoder's Adam step only, which isolates the sampler's share.
+
+``--conv`` is the conv model's setup: the beta-VAE conv network on ``shapes32`` (procedural 32x32x3), batch
+64, T = 20, and the providers ``lpc_previous lpc_fused vae`` unless ``--providers`` is given; the table
+then also reports each LPC provider's speed-up over ``lpc_previous`` (the median of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -50,7 +56,16 @@ harness.ensure_importable()
 from lpc_fast.models import ModelConfig  # noqa: E402
 from lpc_fast.train import LPCTrainer, TrainConfig, VAETrainer  # noqa: E402
 
-ALL_PROVIDERS = ("decoder_floor", "lpc_reference", "lpc_fused", "lpc_loop", "lpc_graph", "lpc_compile", "vae")
+ALL_PROVIDERS = (
+    "decoder_floor",
+    "lpc_reference",
+    "lpc_previous",
+    "lpc_fused",
+    "lpc_loop",
+    "lpc_graph",
+    "lpc_compile",
+    "vae",
+)
 _LOOP_MODES = {"lpc_loop": "eager", "lpc_graph": "cuda_graph", "lpc_compile": "compile"}
 
 
@@ -88,11 +103,11 @@ def make_config(
 
 
 def make_data(args: argparse.Namespace) -> Any:
-    """Digits for the MLP; random 8-bit 32x32x3 images (procedural data cost the same) for conv."""
-    if args.model == "mlp":
+    """Digits for the MLP; shapes32 with ``--conv``, else random 8-bit 32x32x3 images, for conv."""
+    if args.model == "mlp" or getattr(args, "dataset", None):
         from lpc_fast.data import load_dataset
 
-        return load_dataset("digits")
+        return load_dataset(args.dataset or "digits")
     side = 8 if args.quick else 32
     gen = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (max(4 * args.batch, 256), 3, side, side), generator=gen).float() / 255.0
@@ -106,6 +121,12 @@ def make_trainer(name: str, args: argparse.Namespace, data: Any):
         return LPCTrainer(make_config("lpc", args, backend="reference"), data)
     if name == "lpc_fused":
         return LPCTrainer(make_config("lpc", args), data)
+    if name == "lpc_previous":
+        trainer = LPCTrainer(make_config("lpc", args), data)
+        lik = trainer.model.likelihood
+        if hasattr(lik, "log_prob_levels_reference"):
+            lik.log_prob_levels = lik.log_prob_levels_reference  # this trainer's model only
+        return trainer
     return LPCTrainer(make_config("lpc", args, loop_mode=_LOOP_MODES[name]), data)
 
 
@@ -147,6 +168,17 @@ def check_provider(name: str, args: argparse.Namespace, data: Any) -> str | None
     """None when one step of ``name`` gives the reference trainer's loss; else what differs."""
     if name in ("vae", "decoder_floor", "lpc_reference"):
         return None
+    if name == "lpc_previous":  # checked against the new default bit for bit (same algorithm, same rounding)
+        a, b = make_trainer("lpc_fused", args, data), make_trainer(name, args, data)
+        for _ in range(2):
+            ma, mb = a.train_step(), b.train_step()
+            for key in ("loss", "energy_end", "encoder_loss"):
+                if key in ma and ma[key] != mb[key]:
+                    return f"{key} is {mb[key]!r}, the default trainer's is {ma[key]!r} (not bit-identical)"
+        for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+            if not torch.equal(pa, pb):
+                return "parameters after two steps differ from the default trainer's"
+        return None
     expected = make_trainer("lpc_reference", args, data).train_step()
     got = make_trainer(name, args, data).train_step()
     tol = 1e-3 if name == "lpc_compile" else 1e-4
@@ -187,7 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/results")
     ap.add_argument("--markdown", default=None, help="write the table to this markdown file")
     ap.add_argument("--quick", action="store_true", help="tiny model, batch 8, T = 3 (a smoke test)")
+    ap.add_argument(
+        "--conv",
+        action="store_true",
+        help="the conv model on shapes32: lpc_previous (old default), lpc_fused (default) and vae",
+    )
     args = ap.parse_args(argv)
+    args.dataset = None
+    if args.conv:
+        args.model, args.dataset = "conv", "shapes32"
+        if args.providers is None:
+            args.providers = ["lpc_previous", "lpc_fused", "vae"]
+        if args.quick:
+            args.dataset = None  # the tiny conv model runs on 8x8 random images
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device is visible: nothing to benchmark on cuda")
@@ -205,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     env = harness.environment(args.device)
     print(
         f"lpc_fast training-step benchmark: {env['device_name']} ({env['device']}), torch {env['torch']}, "
-        f"git {env['git']}, {env['threads']} threads, {args.model} model, T = {args.T}, batch {args.batch}"
+        f"git {env['git']}, {env['threads']} threads, {args.model} model"
+        f"{' on ' + args.dataset if args.dataset else ''}, T = {args.T}, batch {args.batch}"
     )
     data = make_data(args)
     runnable = []
@@ -261,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                 decoder_grad_evals_per_s=evals[name] / st["median_s"],
                 chain_grad_evals_per_s=args.batch * evals[name] / st["median_s"],
                 ratio_to_floor=None if floor is None or not is_lpc else floor / st["median_s"],
+                speedup_vs_previous=(
+                    harness.paired_ratio(samples, "lpc_previous", name)
+                    if is_lpc and "lpc_previous" in samples
+                    else None
+                ),
                 outside_decoder_fraction=outside,
                 paired_outside_decoder_fraction=paired_outside,
                 peak_mem_bytes=mem,
@@ -289,6 +339,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return ""
     r0 = rows[0]
     title = f"Training step, {r0['model']} model on {r0['device']}, T = {r0['T'] or ''}, batch {r0['batch']}"
+    speedups = any(r.get("speedup_vs_previous") is not None for r in rows)
     body = []
     for r in rows:
         outside = r["outside_decoder_fraction"]
@@ -305,6 +356,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 f"{r['peak_mem_bytes'] / 2**20:.2f}" if r["peak_mem_bytes"] is not None else "",
             ]
         )
+        if speedups:
+            sp = r.get("speedup_vs_previous")
+            body[-1].append("" if sp is None else f"{sp:.2f}x")
     header = [
         "provider",
         "median / step",
@@ -316,6 +370,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "outside decoder",
         "peak MiB",
     ]
+    if speedups:
+        header.append("speed-up vs lpc_previous")
     return title + "\n\n" + harness.markdown_table(header, body)
 
 

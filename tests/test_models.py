@@ -295,3 +295,32 @@ def test_linear_gaussian_energy_and_gradient_closed_form():
     torch.testing.assert_close(energy, expected, rtol=1e-12, atol=1e-10)
     (grad,) = torch.autograd.grad(energy.sum(), z)
     torch.testing.assert_close(grad, -r @ w / sigma**2 + z.detach(), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_levels", [2, 17, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["sigmoid", "identity"])
+def test_discretised_gaussian_two_log_ndtr_form_is_bit_identical(num_levels, dtype, activation):
+    """The default two-``log_ndtr`` evaluation gives the four-evaluation form's values and gradients exactly.
+
+    Outputs span the sigmoid's saturation (location exactly at -1 or 1) and every level, edges included.
+    """
+    gen = torch.Generator().manual_seed(num_levels)
+    lik = DiscretisedGaussianLikelihood(num_levels, sigma=0.1, learn_sigma=True, mean_activation=activation)
+    lik = lik.to(dtype)
+    x = torch.randint(0, num_levels, (16, 3, 8, 8), generator=gen).to(dtype) / (num_levels - 1)
+    scale = torch.tensor([0.1, 3.0, 40.0, 120.0], dtype=dtype).repeat(4).view(16, 1, 1, 1)
+    out = torch.randn(16, 3, 8, 8, generator=gen, dtype=dtype) * scale
+    if activation == "identity":
+        out = torch.tanh(out) * 0.999
+    weights = torch.linspace(0.5, 1.5, x.numel(), dtype=dtype).view_as(x)
+    results = []
+    for fn in (lik.log_prob_levels, lik.log_prob_levels_reference):
+        o = out.clone().requires_grad_(True)
+        lik.zero_grad(set_to_none=True)
+        value = fn(x, o)
+        (value * weights).sum().backward()
+        results.append((value.detach(), o.grad, lik.log_sigma.grad.clone()))
+    for new, ref in zip(*results):
+        assert torch.equal(new, ref)
+    assert torch.isfinite(results[0][1]).all()

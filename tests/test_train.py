@@ -443,3 +443,24 @@ def test_ppca_model_is_linear_gaussian():
     log_lik = torch.distributions.Normal(mean, PPCA_SIGMA).log_prob(x).sum((1, 2, 3))
     log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
     torch.testing.assert_close(model.energy(z, x), -(log_lik + log_prior), rtol=1e-5, atol=1e-4)
+
+
+def test_conv_lpc_trajectory_is_the_previous_likelihood_path_bit_for_bit():
+    """A small conv LPC run with the two-``log_ndtr`` likelihood equals the branch-by-branch one exactly."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 8, 8), generator=gen).float() / 255.0
+    images[:, 0, :2] = 0.0  # edge levels at both ends
+    images[:, 1, :2] = 1.0
+    cfg = TrainConfig(
+        batch_size=8,
+        num_langevin_steps=3,
+        model=ModelConfig(architecture="conv", conv_channels=(8, 8), conv_hidden=16, latent_dim=4),
+        seed=1,
+    )
+    new, previous = make_trainer(cfg, images), make_trainer(cfg, images)
+    lik = previous.model.likelihood
+    lik.log_prob_levels = lik.log_prob_levels_reference
+    for _ in range(3):
+        a, b = new.train_step(), previous.train_step()
+        assert a["loss"] == b["loss"] and a["encoder_loss"] == b["encoder_loss"]
+    assert all(torch.equal(params_of(new)[k], v) for k, v in params_of(previous).items())
