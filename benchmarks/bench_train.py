@@ -14,7 +14,8 @@ Providers (each its own trainer, built from the same seed; a call is one ``train
 ``lpc_graph``      ... with ``loop_mode="cuda_graph"`` (CUDA only)
 ``lpc_compile``    ... with ``loop_mode="compile"``
 ``lpc_previous``   ``lpc_fused`` with the discretised-Gaussian likelihood evaluated branch by branch (four
-                   ``log_ndtr`` per pixel: the default before the two-evaluation form; bit-identical)
+                   ``log_ndtr`` per pixel, autograd backward: the default before the erfc form; same
+                   trajectory up to float32 rounding)
 ``vae``            :class:`lpc_fast.train.VAETrainer` (one decoder pass per step)
 ``decoder_floor``  the decoder forward/backward passes an LPC step makes (``decoder_grad_evals_step``
                    of them: ``T + 1`` chain passes plus the reverse-KL pass), alone, at the same batch
@@ -168,16 +169,18 @@ def check_provider(name: str, args: argparse.Namespace, data: Any) -> str | None
     """None when one step of ``name`` gives the reference trainer's loss; else what differs."""
     if name in ("vae", "decoder_floor", "lpc_reference"):
         return None
-    if name == "lpc_previous":  # checked against the new default bit for bit (same algorithm, same rounding)
+    if name == "lpc_previous":  # the same algorithm; the likelihood's rounding differs (~1e-7 per pixel)
         a, b = make_trainer("lpc_fused", args, data), make_trainer(name, args, data)
         for _ in range(2):
             ma, mb = a.train_step(), b.train_step()
             for key in ("loss", "energy_end", "encoder_loss"):
-                if key in ma and ma[key] != mb[key]:
-                    return f"{key} is {mb[key]!r}, the default trainer's is {ma[key]!r} (not bit-identical)"
+                if key in ma and not math.isclose(ma[key], mb[key], rel_tol=1e-5):
+                    return f"{key} is {mb[key]!r}, the default trainer's is {ma[key]!r} (beyond rounding)"
         for pa, pb in zip(a.model.parameters(), b.model.parameters()):
-            if not torch.equal(pa, pb):
-                return "parameters after two steps differ from the default trainer's"
+            # Adam moves an entry by at most lr = 1e-3 per step; rounding-level gradient differences
+            # keep the two far closer than that, a wrong gradient would not.
+            if not torch.allclose(pa, pb, rtol=0, atol=1e-5):
+                return "parameters after two steps differ from the default trainer's beyond rounding"
         return None
     expected = make_trainer("lpc_reference", args, data).train_step()
     got = make_trainer(name, args, data).train_step()
