@@ -174,7 +174,9 @@ def check_provider(name: str, args: argparse.Namespace, data: Any) -> str | None
         for _ in range(2):
             ma, mb = a.train_step(), b.train_step()
             for key in ("loss", "energy_end", "encoder_loss"):
-                if key in ma and not math.isclose(ma[key], mb[key], rel_tol=1e-5):
+                # T = 20 Langevin steps through the decoder amplify per-pixel rounding (measured 4e-5
+                # relative on the loss after two conv steps); a wrong bin or scale changes it by >> 1e-3.
+                if key in ma and not math.isclose(ma[key], mb[key], rel_tol=1e-3):
                     return f"{key} is {mb[key]!r}, the default trainer's is {ma[key]!r} (beyond rounding)"
         for pa, pb in zip(a.model.parameters(), b.model.parameters()):
             # Adam moves an entry by at most lr = 1e-3 per step; rounding-level gradient differences
