@@ -438,3 +438,24 @@ def test_discretised_gaussian_default_gradcheck(activation):
             lik.log_sigma = saved
 
     assert torch.autograd.gradcheck(via_log_sigma, (ls,))
+
+
+def test_discretised_gaussian_second_derivatives_raise_and_func_grad_works():
+    """The hand-derived backward is first order: a second derivative must fail loudly (not treat the slopes
+    as constants), while first-order uses that build a graph (``torch.func.grad``, create_graph) work."""
+    lik = DiscretisedGaussianLikelihood(256, sigma=0.1, learn_sigma=True).double()
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out.requires_grad_(True)
+    (g,) = torch.autograd.grad(lik.log_prob(x, out).sum(), out, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives of the discretised Gaussian"):
+        torch.autograd.grad(g.sum(), out)
+    (g_ls,) = torch.autograd.grad(lik.log_prob(x, out).sum(), lik.log_sigma, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        torch.autograd.grad(g_ls, out)
+
+    def total(o):
+        return lik.log_prob(x, o).sum()
+
+    expected = torch.autograd.grad(total(out), out)[0]
+    torch.testing.assert_close(torch.func.grad(total)(out.detach()), expected, rtol=0, atol=0)

@@ -12,7 +12,6 @@ import math
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 __all__ = [
@@ -274,15 +273,38 @@ def _discretised_gaussian_bins(m, inv_s, y, half_lo, side, half, bounded, need_g
     return value, slope_m, slope_s
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """``grad * slope`` (summed when ``reduce``) as a graph node of ``m`` and ``inv_s`` whose own derivative
+    raises: the slopes are the likelihood's first derivatives, and their derivatives are not implemented.
+
+    Used when a backward builds a graph (``create_graph=True``, as ``torch.func.grad`` always does), so that a
+    second derivative fails loudly instead of silently treating the slopes as constants.
+    """
+
+    @staticmethod
+    def forward(grad, slope, m, inv_s, reduce):
+        out = torch.mul(grad, slope)
+        return out.sum() if reduce else out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "second derivatives of the discretised Gaussian likelihood are not implemented (its backward is "
+            "hand-derived); use DiscretisedGaussianLikelihood.log_prob_levels_reference where they are needed"
+        )
+
+
 class _DiscretisedGaussianBins(torch.autograd.Function):
     """Per-pixel ``log P(level)`` as a function of ``m`` and ``inv_s = 1 / s``, with a hand-derived backward.
 
     The forward computes the slopes along with the value (a Langevin pass always differentiates), keeps only
-    them, and the backward is one product (and one sum for ``inv_s``). The backward is not itself
-    differentiable (``once_differentiable``): nothing differentiates the energy gradient again (no
-    ``create_graph`` or nested gradient anywhere in the package). Do not use it where second derivatives
-    are needed: the slopes are constants to autograd, so a double backward misses their dependence on
-    ``m`` and ``inv_s``. Works under ``torch.func.grad`` and ``torch.compile``.
+    them, and the backward is one product (and one sum for ``inv_s``). First derivatives only: a second
+    derivative through this node raises (:class:`_FirstOrderOnly`); nothing in the package needs one.
+    Works under ``torch.func.grad`` and ``torch.compile``.
     """
 
     @staticmethod
@@ -296,21 +318,29 @@ class _DiscretisedGaussianBins(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        m, inv_s = inputs[0], inputs[1]
         _, slope_m, slope_s = output
         ctx.mark_non_differentiable(slope_m, slope_s)
-        ctx.save_for_backward(slope_m, slope_s)
+        ctx.save_for_backward(slope_m, slope_s, m, inv_s)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad, _grad_slope_m, _grad_slope_s):
-        slope_m, slope_s = ctx.saved_tensors
+        slope_m, slope_s, m, inv_s = ctx.saved_tensors
+        # Grad mode is on in a backward only when it builds a graph (create_graph=True).
+        build_graph = torch.is_grad_enabled()
         grad_m = grad_inv_s = None
         if ctx.needs_input_grad[0]:
-            grad_m = grad * slope_m
+            if build_graph:
+                grad_m = _FirstOrderOnly.apply(grad, slope_m, m, inv_s, False)
+            else:
+                grad_m = grad * slope_m
         if ctx.needs_input_grad[1]:
             if slope_s.numel() != slope_m.numel():
                 raise RuntimeError("the slope in sigma was not computed (inv_s did not require grad)")
-            grad_inv_s = torch.mul(grad, slope_s).sum()
+            if build_graph:
+                grad_inv_s = _FirstOrderOnly.apply(grad, slope_s, m, inv_s, True)
+            else:
+                grad_inv_s = torch.mul(grad, slope_s).sum()
         return grad_m, grad_inv_s, None, None, None, None, None, None
 
 
