@@ -459,3 +459,33 @@ def test_discretised_gaussian_second_derivatives_raise_and_func_grad_works():
 
     expected = torch.autograd.grad(total(out), out)[0]
     torch.testing.assert_close(torch.func.grad(total)(out.detach()), expected, rtol=0, atol=0)
+
+
+def test_discretised_gaussian_level_cache_follows_the_data():
+    """The level data of the last x is reused only for that very tensor, unmodified: another tensor, an
+    in-place change or another dtype recomputes it, and the module still pickles and deep-copies."""
+    import copy
+    import pickle
+
+    lik = DiscretisedGaussianLikelihood(17, sigma=0.1)
+    fresh = DiscretisedGaussianLikelihood(17, sigma=0.1)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 1, 8, 8, generator=gen)
+    out = torch.randn(4, 1, 8, 8, generator=gen)
+
+    def check(xx, oo):
+        fresh._level_cache = None
+        torch.testing.assert_close(lik.log_prob_levels(xx, oo), fresh.log_prob_levels(xx, oo), rtol=0, atol=0)
+
+    check(x, out)
+    first = lik._level_cache[3]
+    check(x, out + 1.0)  # same x: the cached tensors are reused
+    assert lik._level_cache[3] is first
+    x.mul_(0.5)  # modified in place: recomputed
+    check(x, out)
+    assert lik._level_cache[3] is not first
+    check(x.clone(), out)  # an equal but different tensor: recomputed (identity, not value, is the key)
+    check(x.double(), out.double())  # another dtype
+    for clone in (pickle.loads(pickle.dumps(lik)), copy.deepcopy(lik)):
+        assert clone._level_cache is None
+        torch.testing.assert_close(clone.log_prob_levels(x, out), lik.log_prob_levels(x, out), rtol=0, atol=0)
