@@ -485,16 +485,7 @@ class DiscretisedGaussianLikelihood(_ScaleMixin, Likelihood):
         :meth:`log_prob_levels_reference` (which evaluates ``log_ndtr`` four times), at about half the
         cost.
         """
-        k = self.num_levels - 1
-        level = torch.round(x.to(out.dtype).clamp(0.0, 1.0) * k)
-        y = 2.0 * level / k - 1.0
-        inv_s = torch.exp(-(self._log_sigma(out) + _LN2))
-        m = self.loc(out)
-        half = 0.5 * self.bin_width
-        lo = (y - half - m) * inv_s
-        hi = (y + half - m) * inv_s
-        bottom = level <= 0
-        top = level >= k
+        lo, hi, bottom, top = self._standardised_bin(x, out)
         # The mirrored interval [-hi, -lo] where it lies mostly in the upper tail (as in
         # log_normal_cdf_difference); at the edges the choice is fixed so that b is the edge's bound.
         flip = ((lo + hi) > 0).logical_or_(top).logical_and_(bottom.logical_not())
@@ -505,8 +496,9 @@ class DiscretisedGaussianLikelihood(_ScaleMixin, Likelihood):
         d = (log_a - log_b).clamp(max=-torch.finfo(log_a.dtype).tiny)
         return torch.where(bottom.logical_or_(top), log_b, log_b + _log1mexp(d))
 
-    def log_prob_levels_reference(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """:meth:`log_prob_levels` written branch by branch (four ``log_ndtr`` per pixel); for tests."""
+    def _standardised_bin(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Bounds ``(lo, hi)`` of each pixel's bin in standard deviations from the location, and the
+        bottom / top level masks (the log_ndtr forms' common start)."""
         k = self.num_levels - 1
         level = torch.round(x.to(out.dtype).clamp(0.0, 1.0) * k)
         y = 2.0 * level / k - 1.0
@@ -515,8 +507,11 @@ class DiscretisedGaussianLikelihood(_ScaleMixin, Likelihood):
         half = 0.5 * self.bin_width
         lo = (y - half - m) * inv_s
         hi = (y + half - m) * inv_s
-        bottom = level <= 0
-        top = level >= k
+        return lo, hi, level <= 0, level >= k
+
+    def log_prob_levels_reference(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob_levels` written branch by branch (four ``log_ndtr`` per pixel); for tests."""
+        lo, hi, bottom, top = self._standardised_bin(x, out)
         # Edge bins are half-lines; give the interior formula finite stand-ins there (no NaN gradients).
         edge = bottom | top
         lo_safe = torch.where(edge, torch.zeros_like(lo), lo)
