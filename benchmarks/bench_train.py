@@ -13,9 +13,9 @@ Providers (each its own trainer, built from the same seed; a call is one ``train
 ``lpc_loop``       the trainer with ``loop_mode="eager"`` (chain in :class:`lpc_fast.fastloop.LangevinLoop`)
 ``lpc_graph``      ... with ``loop_mode="cuda_graph"`` (CUDA only)
 ``lpc_compile``    ... with ``loop_mode="compile"``
-``lpc_previous``   ``lpc_fused`` with the discretised-Gaussian likelihood evaluated branch by branch (four
-                   ``log_ndtr`` per pixel, autograd backward: the default before the erfc form; same
-                   trajectory up to float32 rounding)
+``lpc_previous``   ``lpc_fused`` as it was before the CPU conv-model work: the discretised-Gaussian
+                   likelihood evaluated branch by branch (four ``log_ndtr`` per pixel, autograd backward)
+                   and the conv decoder in the plain layout; same trajectory up to float32 rounding
 ``vae``            :class:`lpc_fast.train.VAETrainer` (one decoder pass per step)
 ``decoder_floor``  the decoder forward/backward passes an LPC step makes (``decoder_grad_evals_step``
                    of them: ``T + 1`` chain passes plus the reverse-KL pass), alone, at the same batch
@@ -127,6 +127,8 @@ def make_trainer(name: str, args: argparse.Namespace, data: Any):
         lik = trainer.model.likelihood
         if hasattr(lik, "log_prob_levels_reference"):
             lik.log_prob_levels = lik.log_prob_levels_reference  # this trainer's model only
+        if hasattr(trainer.model.decoder, "channels_last_on_cpu"):
+            trainer.model.decoder.channels_last_on_cpu = False  # the conv decoder's previous layout
         return trainer
     return LPCTrainer(make_config("lpc", args, loop_mode=_LOOP_MODES[name]), data)
 

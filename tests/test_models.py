@@ -510,3 +510,5 @@ def test_conv_decoder_channels_last_path_matches_the_contiguous_one(shape):
     g_plain = torch.autograd.grad((plain * w).sum(), [z, *dec.parameters()])
     for a, b in zip(g_cl, g_plain):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    dec.channels_last_on_cpu = False  # the plain layout, exactly
+    torch.testing.assert_close(dec(z), plain, rtol=0, atol=0)
