@@ -198,12 +198,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in args.providers:
         why = provider_unavailable(name)
         if why is None:
-            try:
-                why = check_provider(name)
-            except Exception as exc:  # noqa: BLE001 - a crashing provider is reported, not timed
-                why = f"check raised {type(exc).__name__}: {exc}"
-            if why is not None:
-                why = f"FAILED its correctness check: {why}"
+            why = harness.check_failure(check_provider, name)
         if why is not None:
             print(f"skipping {name}: {why}")
         else:

@@ -264,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in providers:
         why = provider_unavailable(name, args.device)
         if why is None:
-            try:
-                why = check_provider(name, args, data)
-            except Exception as exc:  # noqa: BLE001 - a crashing provider is reported, not timed
-                why = f"check raised {type(exc).__name__}: {exc}"
-            if why is not None:
-                why = f"FAILED its correctness check: {why}"
+            why = harness.check_failure(check_provider, name, args, data)
         if why is None:
             runnable.append(name)
         else:

@@ -241,6 +241,16 @@ def time_interleaved(
     return samples
 
 
+def check_failure(check: Callable[..., str | None], *args: Any) -> str | None:
+    """Why a provider must not be timed: ``check(*args)``'s complaint, or the exception it raised; None if
+    the check passes."""
+    try:
+        why = check(*args)
+    except Exception as exc:  # noqa: BLE001 - a crashing provider is reported, not timed
+        why = f"check raised {type(exc).__name__}: {exc}"
+    return None if why is None else f"FAILED its correctness check: {why}"
+
+
 def paired_ratio(samples: dict[str, list[float]], num: str, den: str) -> float:
     """Median over rounds of ``samples[num][r] / samples[den][r]``: a ratio of two providers measured in
     the same round, which cancels the machine's slow drifts better than a ratio of medians."""

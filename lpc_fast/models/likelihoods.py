@@ -455,8 +455,7 @@ class DiscretisedGaussianLikelihood(_ScaleMixin, Likelihood):
 
     def __getstate__(self) -> dict:
         # A weak reference cannot be pickled, and the cache is only a shortcut.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = dict(self.__dict__)
         state["_level_cache"] = None
         return state
 

@@ -23,24 +23,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _float_list(text: str) -> tuple[float, ...]:
+def _positive_list(text: str, kind: type, what: str) -> tuple:
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
     if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive {what}, got {text!r}")
     return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    return _positive_list(text, float, "numbers")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+    return _positive_list(text, int, "integers")
 
 
 #: Command-line option (argparse dest) -> ReproConfig field, for the options that override a field.
