@@ -84,7 +84,7 @@ CUDA_WHEEL_PY := $(CURDIR)/$(CUDA_WHEEL_VENV)/bin/python
 CUDA_TEST_PKGS := numpy|tqdm|pytest|hypothesis|ninja|setuptools|wheel
 CUDA_RUNTIME_PKGS := numpy|tqdm
 CUDA_BUILD_ENV := LPC_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)"
-CUDA_BUILD_INPUTS := $(CSRC) setup.py pyproject.toml build_tools/cuda_toolkit.py
+CUDA_BUILD_INPUTS := $(CSRC) setup.py pyproject.toml build_tools/cuda_toolkit.py build_tools/extension_probe.py
 PKG_FILES := $(shell find lpc_fast -name '*.py' -o -name 'py.typed' 2>/dev/null)
 # RNG, CPU-kernel, API and dispatcher-op tests (opcheck, gradcheck, torch.compile): what depends
 # on the torch version; and setup.py's toolkit decision against a CUDA torch. The cross-backend

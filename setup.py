@@ -41,17 +41,18 @@ except ImportError:  # pragma: no cover - exercised only on broken setups
     )
 
 
-def _load_toolkit_module():
+def _load_build_tool(name: str):
     # build_tools/ is not a package of the distribution: load the file by path.
-    path = os.path.join(ROOT, "build_tools", "cuda_toolkit.py")
-    spec = importlib.util.spec_from_file_location("_lpc_fast_cuda_toolkit", path)
+    path = os.path.join(ROOT, "build_tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_lpc_fast_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
 
-cuda_toolkit = _load_toolkit_module()
+cuda_toolkit = _load_build_tool("cuda_toolkit")
+extension_probe = _load_build_tool("extension_probe")
 
 #: Architectures built when TORCH_CUDA_ARCH_LIST is unset: Ampere and Hopper machine code, plus
 #: Hopper PTX that newer GPUs compile at load time.
@@ -90,6 +91,30 @@ def _cuda_decision():
     )
 
 
+def _probing_build_ext(base):
+    """``base`` (a build_ext class) that probes each extension it built for a second libstdc++.
+
+    See build_tools/extension_probe.py: a build whose number formatting is broken would crash on
+    its first error message with a number in it, so it is refused.
+    """
+
+    class ProbingBuildExt(base):
+        def run(self):
+            super().run()
+            if sys.platform != "linux":
+                return
+            for ext in self.extensions:
+                path = os.path.abspath(self.get_ext_fullpath(ext.name))
+                try:
+                    found = extension_probe.check_built_extension(path)
+                except extension_probe.BrokenBuild as exc:
+                    _fail(str(exc))
+                if found != "ok":
+                    print(f"lpc_fast setup: {found}")
+
+    return ProbingBuildExt
+
+
 def _extension_and_build_command():
     toolkit, why = _cuda_decision()
     print(f"lpc_fast setup: CUDA kernels {'ON' if toolkit else 'OFF'} ({why})")
@@ -99,7 +124,7 @@ def _extension_and_build_command():
         os.environ["CUDA_HOME"] = toolkit.root
     from torch.utils import cpp_extension
 
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    build_ext = _probing_build_ext(cpp_extension.BuildExtension.with_options(use_ninja=True))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # No -std flag: torch's cpp_extension picks the standard its headers need.
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno"]

@@ -53,6 +53,12 @@ bool with_cuda() {
   return false;
 #endif
 }
+
+// Formats numbers the way TORCH_CHECK and ATen's inline checks do (c10::str: an ostringstream and
+// its num_put facet, instantiated in this library). setup.py compares the result with Python's
+// after a build: a wrong or empty result means this library runs against a second copy of
+// libstdc++ (see csrc/include/check_message.h).
+std::string stream_format_probe(int64_t n, double x) { return c10::str(n, " ", x); }
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -64,6 +70,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_simd_level", &lpc_fast::cpu::set_simd_level, py::arg("level"),
         "Run the CPU kernels with a lower instruction set (testing); returns the previous one.");
   m.def("with_cuda", &with_cuda, "Whether CUDA kernels were compiled into this build.");
+  m.def("_stream_format_probe", &stream_format_probe, py::arg("n"), py::arg("x"),
+        "c10::str(n, ' ', x) formatted in this library (a build check: see setup.py).");
 }
 
 // The op schemas are defined from Python (lpc_fast/_schemas.py, the one op table) before this

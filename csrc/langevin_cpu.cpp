@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "check_message.h"
 #include "langevin_math.h"
 #include "philox.h"
 
@@ -708,31 +709,31 @@ bool is_supported_dtype(c10::ScalarType t) {
 }
 
 void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "lpc_fast CPU kernel: ", name, " must be a CPU tensor, got ",
-              t.device());
+  LPC_CHECK(t.device().is_cpu(), "lpc_fast CPU kernel: ", name, " must be a CPU tensor, got ",
+            t.device());
 }
 
 void check_step_inputs(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& v) {
   check_cpu(z, "z");
   check_cpu(grad, "grad");
   check_cpu(v, "v");
-  TORCH_CHECK(is_supported_dtype(z.scalar_type()),
-              "lpc_fast: z must be float16, bfloat16, float32 or float64, got ", z.scalar_type());
-  TORCH_CHECK(grad.scalar_type() == z.scalar_type(), "lpc_fast: grad must have z's dtype (",
-              z.scalar_type(), "), got ", grad.scalar_type());
-  TORCH_CHECK(v.scalar_type() == at::kFloat, "lpc_fast: v must be float32, got ", v.scalar_type());
-  TORCH_CHECK(grad.sizes() == z.sizes(), "lpc_fast: grad must have z's shape ", z.sizes(), ", got ",
-              grad.sizes());
-  TORCH_CHECK(v.sizes() == z.sizes(), "lpc_fast: v must have z's shape ", z.sizes(), ", got ",
-              v.sizes());
+  LPC_CHECK(is_supported_dtype(z.scalar_type()),
+            "lpc_fast: z must be float16, bfloat16, float32 or float64, got ", z.scalar_type());
+  LPC_CHECK(grad.scalar_type() == z.scalar_type(), "lpc_fast: grad must have z's dtype (",
+            z.scalar_type(), "), got ", grad.scalar_type());
+  LPC_CHECK(v.scalar_type() == at::kFloat, "lpc_fast: v must be float32, got ", v.scalar_type());
+  LPC_CHECK(grad.sizes() == z.sizes(), "lpc_fast: grad must have z's shape ", z.sizes(), ", got ",
+            grad.sizes());
+  LPC_CHECK(v.sizes() == z.sizes(), "lpc_fast: v must have z's shape ", z.sizes(), ", got ",
+            v.sizes());
 }
 
 double checked_bias_corr(double beta, int64_t step, bool bias_correction, bool precondition) {
   if (!precondition) return 1.0;
   const double c = bias_correction_factor(beta, step, bias_correction);
-  TORCH_CHECK(std::isfinite(c),
-              "lpc_fast: bias correction 1 / (1 - beta^step) is undefined for beta=", beta,
-              ", step=", step, " (use step >= 1 and beta < 1, or bias_correction=False)");
+  LPC_CHECK(std::isfinite(c),
+            "lpc_fast: bias correction 1 / (1 - beta^step) is undefined for beta=", beta,
+            ", step=", step, " (use step >= 1 and beta < 1, or bias_correction=False)");
   return c;
 }
 
@@ -783,25 +784,25 @@ std::string list_item(const char* name, size_t i) {
 }
 
 void check_foreach_inputs(at::TensorList zs, at::TensorList grads, at::TensorList vs) {
-  TORCH_CHECK(grads.size() == zs.size(), "lpc_fast: grads must hold one tensor per tensor of zs (",
-              zs.size(), "), got ", grads.size());
-  TORCH_CHECK(vs.size() == zs.size(), "lpc_fast: vs must hold one tensor per tensor of zs (",
-              zs.size(), "), got ", vs.size());
+  LPC_CHECK(grads.size() == zs.size(), "lpc_fast: grads must hold one tensor per tensor of zs (",
+            zs.size(), "), got ", grads.size());
+  LPC_CHECK(vs.size() == zs.size(), "lpc_fast: vs must hold one tensor per tensor of zs (",
+            zs.size(), "), got ", vs.size());
   for (size_t i = 0; i < zs.size(); ++i) {
     const std::string z = list_item("z", i), g = list_item("grad", i), v = list_item("v", i);
     check_cpu(zs[i], z.c_str());
     check_cpu(grads[i], g.c_str());
     check_cpu(vs[i], v.c_str());
-    TORCH_CHECK(is_supported_dtype(zs[i].scalar_type()), "lpc_fast: ", z,
-                " must be float16, bfloat16, float32 or float64, got ", zs[i].scalar_type());
-    TORCH_CHECK(grads[i].scalar_type() == zs[i].scalar_type(), "lpc_fast: ", g, " must have ", z,
-                "'s dtype (", zs[i].scalar_type(), "), got ", grads[i].scalar_type());
-    TORCH_CHECK(vs[i].scalar_type() == at::kFloat, "lpc_fast: ", v, " must be float32, got ",
-                vs[i].scalar_type());
-    TORCH_CHECK(grads[i].sizes() == zs[i].sizes(), "lpc_fast: ", g, " must have ", z, "'s shape ",
-                zs[i].sizes(), ", got ", grads[i].sizes());
-    TORCH_CHECK(vs[i].sizes() == zs[i].sizes(), "lpc_fast: ", v, " must have ", z, "'s shape ",
-                zs[i].sizes(), ", got ", vs[i].sizes());
+    LPC_CHECK(is_supported_dtype(zs[i].scalar_type()), "lpc_fast: ", z,
+              " must be float16, bfloat16, float32 or float64, got ", zs[i].scalar_type());
+    LPC_CHECK(grads[i].scalar_type() == zs[i].scalar_type(), "lpc_fast: ", g, " must have ", z,
+              "'s dtype (", zs[i].scalar_type(), "), got ", grads[i].scalar_type());
+    LPC_CHECK(vs[i].scalar_type() == at::kFloat, "lpc_fast: ", v, " must be float32, got ",
+              vs[i].scalar_type());
+    LPC_CHECK(grads[i].sizes() == zs[i].sizes(), "lpc_fast: ", g, " must have ", z, "'s shape ",
+              zs[i].sizes(), ", got ", grads[i].sizes());
+    LPC_CHECK(vs[i].sizes() == zs[i].sizes(), "lpc_fast: ", v, " must have ", z, "'s shape ",
+              zs[i].sizes(), ", got ", vs[i].sizes());
   }
 }
 
@@ -886,11 +887,11 @@ void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at
                           double step_size, double beta, double eps, double temperature,
                           bool bias_correction, bool precondition, bool prior_grad) {
   check_cpu(state, "state");
-  TORCH_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
-              state.scalar_type());
-  TORCH_CHECK(state.dim() == 1 && state.size(0) == 3,
-              "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
-              state.sizes());
+  LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
+            state.scalar_type());
+  LPC_CHECK(state.dim() == 1 && state.size(0) == 3,
+            "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
+            state.sizes());
   // An empty z still counts as one step (offset += 0, step += 1), as on every backend: a captured
   // loop's step count must not depend on the batch being empty.
   check_step_inputs(z, grad, v);
@@ -919,11 +920,11 @@ void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::T
                                   double temperature, bool bias_correction, bool precondition,
                                   bool prior_grad) {
   check_cpu(state, "state");
-  TORCH_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
-              state.scalar_type());
-  TORCH_CHECK(state.dim() == 1 && state.size(0) == 3,
-              "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
-              state.sizes());
+  LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
+            state.scalar_type());
+  LPC_CHECK(state.dim() == 1 && state.size(0) == 3,
+            "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
+            state.sizes());
   auto s = state.accessor<int64_t, 1>();
   const uint64_t offset = as_u64(s[1]);
   const int64_t step = s[2];
@@ -979,15 +980,15 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                                                 bool prior_grad, int64_t seed, int64_t offset) {
   check_step_inputs(z, grad, v);
   check_cpu(grad_z_new, "grad_z_new");
-  TORCH_CHECK(grad_z_new.sizes() == z.sizes(), "lpc_fast: grad_z_new must have z's shape ",
-              z.sizes(), ", got ", grad_z_new.sizes());
-  TORCH_CHECK(grad_z_new.is_floating_point(), "lpc_fast: grad_z_new must be floating point");
+  LPC_CHECK(grad_z_new.sizes() == z.sizes(), "lpc_fast: grad_z_new must have z's shape ", z.sizes(),
+            ", got ", grad_z_new.sizes());
+  LPC_CHECK(grad_z_new.is_floating_point(), "lpc_fast: grad_z_new must be floating point");
   const bool has_gv = grad_v_new.has_value() && grad_v_new->defined();
   if (has_gv) {
     check_cpu(*grad_v_new, "grad_v_new");
-    TORCH_CHECK(grad_v_new->sizes() == z.sizes(), "lpc_fast: grad_v_new must have z's shape ",
-                z.sizes(), ", got ", grad_v_new->sizes());
-    TORCH_CHECK(grad_v_new->is_floating_point(), "lpc_fast: grad_v_new must be floating point");
+    LPC_CHECK(grad_v_new->sizes() == z.sizes(), "lpc_fast: grad_v_new must have z's shape ",
+              z.sizes(), ", got ", grad_v_new->sizes());
+    LPC_CHECK(grad_v_new->is_floating_point(), "lpc_fast: grad_v_new must be floating point");
   }
   const double c = checked_bias_corr(beta, step, bias_correction, precondition);
   at::Tensor grad_z = at::empty(z.sizes(), z.options());
@@ -1034,16 +1035,15 @@ void fill_stream(const at::Tensor& out, uint64_t seed, uint64_t offset) {
 
 void philox_normal_(at::Tensor out, int64_t seed, int64_t offset) {
   check_cpu(out, "out");
-  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
-              "lpc_fast: philox_normal_ needs a float32 or float64 tensor, got ",
-              out.scalar_type());
+  LPC_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+            "lpc_fast: philox_normal_ needs a float32 or float64 tensor, got ", out.scalar_type());
   fill_stream(out, as_u64(seed), as_u64(offset));
 }
 
 void philox_uint32_(at::Tensor out, int64_t seed, int64_t offset) {
   check_cpu(out, "out");
-  TORCH_CHECK(out.scalar_type() == at::kLong,
-              "lpc_fast: philox_uint32_ needs an int64 tensor, got ", out.scalar_type());
+  LPC_CHECK(out.scalar_type() == at::kLong, "lpc_fast: philox_uint32_ needs an int64 tensor, got ",
+            out.scalar_type());
   fill_stream(out, as_u64(seed), as_u64(offset));
 }
 
@@ -1061,10 +1061,10 @@ std::string set_simd_level(const std::string& name) {
   for (int i = 0; i < 3; ++i) {
     if (name == kSimdNames[i]) want = i;
   }
-  TORCH_CHECK(want >= 0, "lpc_fast: unknown SIMD level '", name,
-              "' (expected baseline, avx2 or avx512)");
-  TORCH_CHECK(want <= detect_simd_level(), "lpc_fast: this CPU does not support ", name,
-              " (best: ", kSimdNames[detect_simd_level()], ")");
+  LPC_CHECK(want >= 0, "lpc_fast: unknown SIMD level '", name,
+            "' (expected baseline, avx2 or avx512)");
+  LPC_CHECK(want <= detect_simd_level(), "lpc_fast: this CPU does not support ", name,
+            " (best: ", kSimdNames[detect_simd_level()], ")");
   return kSimdNames[active_level().exchange(want)];
 }
 

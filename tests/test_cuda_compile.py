@@ -211,12 +211,13 @@ def test_cuda_glue_is_guarded() -> None:
 
 
 def _run_setup(tmp_path: Path, env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
-    # A copy of setup.py (and the toolkit finder it loads) in an empty directory: the CUDA
+    # A copy of setup.py (and the build tools it loads) in an empty directory: the CUDA
     # decision runs before any source is looked at, and nothing of the in-place build can be
     # overwritten.
     shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
     (tmp_path / "build_tools").mkdir()
-    shutil.copy(ROOT / "build_tools" / "cuda_toolkit.py", tmp_path / "build_tools" / "cuda_toolkit.py")
+    for tool in ("cuda_toolkit.py", "extension_probe.py"):
+        shutil.copy(ROOT / "build_tools" / tool, tmp_path / "build_tools" / tool)
     env = dict(os.environ, LPC_FAST_CUDA="1", **env_overrides)
     return subprocess.run(
         [sys.executable, "setup.py", "build_ext"],

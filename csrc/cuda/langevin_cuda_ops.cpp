@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../include/check_message.h"
 #include "../include/langevin_math.h"
 #include "langevin_cuda.h"
 
@@ -25,10 +26,10 @@ namespace cuda {
 namespace {
 
 void check_cuda_tensor(const at::Tensor& t, const char* name, const at::Tensor& z) {
-  TORCH_CHECK(t.is_cuda(), "lpc_fast CUDA kernel: ", name, " must be a CUDA tensor, got ",
-              t.device());
-  TORCH_CHECK(t.device() == z.device(), "lpc_fast CUDA kernel: ", name, " is on ", t.device(),
-              " but z is on ", z.device());
+  LPC_CHECK(t.is_cuda(), "lpc_fast CUDA kernel: ", name, " must be a CUDA tensor, got ",
+            t.device());
+  LPC_CHECK(t.device() == z.device(), "lpc_fast CUDA kernel: ", name, " is on ", t.device(),
+            " but z is on ", z.device());
 }
 
 ScalarKind scalar_kind(c10::ScalarType t) {
@@ -44,7 +45,7 @@ ScalarKind scalar_kind(c10::ScalarType t) {
     default:
       break;
   }
-  TORCH_CHECK(false, "lpc_fast: z must be float16, bfloat16, float32 or float64, got ", t);
+  LPC_CHECK(false, "lpc_fast: z must be float16, bfloat16, float32 or float64, got ", t);
 }
 
 void check_step_inputs(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& v) {
@@ -52,13 +53,13 @@ void check_step_inputs(const at::Tensor& z, const at::Tensor& grad, const at::Te
   check_cuda_tensor(grad, "grad", z);
   check_cuda_tensor(v, "v", z);
   (void)scalar_kind(z.scalar_type());
-  TORCH_CHECK(grad.scalar_type() == z.scalar_type(), "lpc_fast: grad must have z's dtype (",
-              z.scalar_type(), "), got ", grad.scalar_type());
-  TORCH_CHECK(v.scalar_type() == at::kFloat, "lpc_fast: v must be float32, got ", v.scalar_type());
-  TORCH_CHECK(grad.sizes() == z.sizes(), "lpc_fast: grad must have z's shape ", z.sizes(), ", got ",
-              grad.sizes());
-  TORCH_CHECK(v.sizes() == z.sizes(), "lpc_fast: v must have z's shape ", z.sizes(), ", got ",
-              v.sizes());
+  LPC_CHECK(grad.scalar_type() == z.scalar_type(), "lpc_fast: grad must have z's dtype (",
+            z.scalar_type(), "), got ", grad.scalar_type());
+  LPC_CHECK(v.scalar_type() == at::kFloat, "lpc_fast: v must be float32, got ", v.scalar_type());
+  LPC_CHECK(grad.sizes() == z.sizes(), "lpc_fast: grad must have z's shape ", z.sizes(), ", got ",
+            grad.sizes());
+  LPC_CHECK(v.sizes() == z.sizes(), "lpc_fast: v must have z's shape ", z.sizes(), ", got ",
+            v.sizes());
 }
 
 // The kernels compute the bias correction on the device; this host check gives the same error
@@ -67,9 +68,9 @@ void check_step_inputs(const at::Tensor& z, const at::Tensor& grad, const at::Te
 void check_bias_corr(double beta, int64_t step, bool bias_correction, bool precondition) {
   if (!precondition) return;
   const double c = bias_correction_factor(beta, step, bias_correction);
-  TORCH_CHECK(std::isfinite(c),
-              "lpc_fast: bias correction 1 / (1 - beta^step) is undefined for beta=", beta,
-              ", step=", step, " (use step >= 1 and beta < 1, or bias_correction=False)");
+  LPC_CHECK(std::isfinite(c),
+            "lpc_fast: bias correction 1 / (1 - beta^step) is undefined for beta=", beta,
+            ", step=", step, " (use step >= 1 and beta < 1, or bias_correction=False)");
 }
 
 StepParams make_params(double step_size, double beta, double eps, double temperature,
@@ -86,8 +87,8 @@ StepParams make_params(double step_size, double beta, double eps, double tempera
 }
 
 void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "lpc_fast: CUDA launch of ", what,
-              " failed: ", cudaGetErrorString(err));
+  LPC_CHECK(err == cudaSuccess, "lpc_fast: CUDA launch of ", what,
+            " failed: ", cudaGetErrorString(err));
 }
 
 uint64_t as_u64(int64_t x) { return static_cast<uint64_t>(x); }
@@ -122,13 +123,13 @@ void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at
                           bool bias_correction, bool precondition, bool prior_grad) {
   check_step_inputs(z, grad, v);
   check_cuda_tensor(state, "state", z);
-  TORCH_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
-              state.scalar_type());
-  TORCH_CHECK(state.dim() == 1 && state.size(0) == 3,
-              "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
-              state.sizes());
+  LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
+            state.scalar_type());
+  LPC_CHECK(state.dim() == 1 && state.size(0) == 3,
+            "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
+            state.sizes());
   // The kernels write the state in place: a copy would lose the advance.
-  TORCH_CHECK(state.is_contiguous(), "lpc_fast: state must be contiguous");
+  LPC_CHECK(state.is_contiguous(), "lpc_fast: state must be contiguous");
   const c10::cuda::CUDAGuard guard(z.device());
   at::Tensor zc = z.contiguous();
   const at::Tensor gc = grad.contiguous();
@@ -182,15 +183,15 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                                                 bool prior_grad, int64_t seed, int64_t offset) {
   check_step_inputs(z, grad, v);
   check_cuda_tensor(grad_z_new, "grad_z_new", z);
-  TORCH_CHECK(grad_z_new.sizes() == z.sizes(), "lpc_fast: grad_z_new must have z's shape ",
-              z.sizes(), ", got ", grad_z_new.sizes());
-  TORCH_CHECK(grad_z_new.is_floating_point(), "lpc_fast: grad_z_new must be floating point");
+  LPC_CHECK(grad_z_new.sizes() == z.sizes(), "lpc_fast: grad_z_new must have z's shape ", z.sizes(),
+            ", got ", grad_z_new.sizes());
+  LPC_CHECK(grad_z_new.is_floating_point(), "lpc_fast: grad_z_new must be floating point");
   const bool has_gv = grad_v_new.has_value() && grad_v_new->defined();
   if (has_gv) {
     check_cuda_tensor(*grad_v_new, "grad_v_new", z);
-    TORCH_CHECK(grad_v_new->sizes() == z.sizes(), "lpc_fast: grad_v_new must have z's shape ",
-                z.sizes(), ", got ", grad_v_new->sizes());
-    TORCH_CHECK(grad_v_new->is_floating_point(), "lpc_fast: grad_v_new must be floating point");
+    LPC_CHECK(grad_v_new->sizes() == z.sizes(), "lpc_fast: grad_v_new must have z's shape ",
+              z.sizes(), ", got ", grad_v_new->sizes());
+    LPC_CHECK(grad_v_new->is_floating_point(), "lpc_fast: grad_v_new must be floating point");
   }
   check_bias_corr(beta, step, bias_correction, precondition);
   const c10::cuda::CUDAGuard guard(z.device());
@@ -219,10 +220,10 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
 // Multi-tensor step: contiguous copies where needed, one table launch (launch_step_foreach).
 void step_foreach(at::TensorList zs, at::TensorList grads, at::TensorList vs, int64_t step,
                   const StepParams& params, uint64_t seed, uint64_t offset, at::Tensor* state) {
-  TORCH_CHECK(grads.size() == zs.size(), "lpc_fast: grads must hold one tensor per tensor of zs (",
-              zs.size(), "), got ", grads.size());
-  TORCH_CHECK(vs.size() == zs.size(), "lpc_fast: vs must hold one tensor per tensor of zs (",
-              zs.size(), "), got ", vs.size());
+  LPC_CHECK(grads.size() == zs.size(), "lpc_fast: grads must hold one tensor per tensor of zs (",
+            zs.size(), "), got ", grads.size());
+  LPC_CHECK(vs.size() == zs.size(), "lpc_fast: vs must hold one tensor per tensor of zs (",
+            zs.size(), "), got ", vs.size());
   const at::Tensor& first = state != nullptr ? *state : zs[0];
   for (size_t i = 0; i < zs.size(); ++i) {
     const std::string idx = "[" + std::to_string(i) + "]";
@@ -230,14 +231,14 @@ void step_foreach(at::TensorList zs, at::TensorList grads, at::TensorList vs, in
     check_cuda_tensor(grads[i], ("grads" + idx).c_str(), first);
     check_cuda_tensor(vs[i], ("vs" + idx).c_str(), first);
     (void)scalar_kind(zs[i].scalar_type());
-    TORCH_CHECK(grads[i].scalar_type() == zs[i].scalar_type(), "lpc_fast: grads", idx,
-                " must have zs", idx, "'s dtype (", zs[i].scalar_type(), "), got ",
-                grads[i].scalar_type());
-    TORCH_CHECK(vs[i].scalar_type() == at::kFloat, "lpc_fast: vs", idx, " must be float32, got ",
-                vs[i].scalar_type());
-    TORCH_CHECK(grads[i].sizes() == zs[i].sizes() && vs[i].sizes() == zs[i].sizes(),
-                "lpc_fast: grads", idx, " and vs", idx, " must have zs", idx, "'s shape ",
-                zs[i].sizes());
+    LPC_CHECK(grads[i].scalar_type() == zs[i].scalar_type(), "lpc_fast: grads", idx,
+              " must have zs", idx, "'s dtype (", zs[i].scalar_type(), "), got ",
+              grads[i].scalar_type());
+    LPC_CHECK(vs[i].scalar_type() == at::kFloat, "lpc_fast: vs", idx, " must be float32, got ",
+              vs[i].scalar_type());
+    LPC_CHECK(grads[i].sizes() == zs[i].sizes() && vs[i].sizes() == zs[i].sizes(),
+              "lpc_fast: grads", idx, " and vs", idx, " must have zs", idx, "'s shape ",
+              zs[i].sizes());
   }
   if (state == nullptr) {
     check_bias_corr(params.beta, step, params.bias_correction, params.precondition);
@@ -285,14 +286,14 @@ void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::T
                                   at::Tensor state, double step_size, double beta, double eps,
                                   double temperature, bool bias_correction, bool precondition,
                                   bool prior_grad) {
-  TORCH_CHECK(state.is_cuda(), "lpc_fast CUDA kernel: state must be a CUDA tensor, got ",
-              state.device());
-  TORCH_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
-              state.scalar_type());
-  TORCH_CHECK(state.dim() == 1 && state.size(0) == 3,
-              "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
-              state.sizes());
-  TORCH_CHECK(state.is_contiguous(), "lpc_fast: state must be contiguous");
+  LPC_CHECK(state.is_cuda(), "lpc_fast CUDA kernel: state must be a CUDA tensor, got ",
+            state.device());
+  LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
+            state.scalar_type());
+  LPC_CHECK(state.dim() == 1 && state.size(0) == 3,
+            "lpc_fast: state must have shape (3,) holding [seed, offset, step], got ",
+            state.sizes());
+  LPC_CHECK(state.is_contiguous(), "lpc_fast: state must be contiguous");
   step_foreach(
       zs, grads, vs, 0,
       make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad), 0,
@@ -300,10 +301,9 @@ void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::T
 }
 
 void philox_normal_(at::Tensor out, int64_t seed, int64_t offset) {
-  TORCH_CHECK(out.is_cuda(), "lpc_fast CUDA kernel: out must be a CUDA tensor, got ", out.device());
-  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
-              "lpc_fast: philox_normal_ needs a float32 or float64 tensor, got ",
-              out.scalar_type());
+  LPC_CHECK(out.is_cuda(), "lpc_fast CUDA kernel: out must be a CUDA tensor, got ", out.device());
+  LPC_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+            "lpc_fast: philox_normal_ needs a float32 or float64 tensor, got ", out.scalar_type());
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor oc = out.contiguous();
@@ -315,9 +315,9 @@ void philox_normal_(at::Tensor out, int64_t seed, int64_t offset) {
 }
 
 void philox_uint32_(at::Tensor out, int64_t seed, int64_t offset) {
-  TORCH_CHECK(out.is_cuda(), "lpc_fast CUDA kernel: out must be a CUDA tensor, got ", out.device());
-  TORCH_CHECK(out.scalar_type() == at::kLong,
-              "lpc_fast: philox_uint32_ needs an int64 tensor, got ", out.scalar_type());
+  LPC_CHECK(out.is_cuda(), "lpc_fast CUDA kernel: out must be a CUDA tensor, got ", out.device());
+  LPC_CHECK(out.scalar_type() == at::kLong, "lpc_fast: philox_uint32_ needs an int64 tensor, got ",
+            out.scalar_type());
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor oc = out.contiguous();
