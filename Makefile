@@ -137,3 +137,34 @@ check-cuda-build: $(CUDA_VENV)/.stamp-ext $(CUDA_WHEEL_VENV)/.stamp-install
 
 clean-cuda-build:
 	rm -rf $(CUDA_WORK) $(CUDA_VENV)/.stamp-ext $(CUDA_WHEEL_VENV)/.stamp-install
+
+# --- check-min-torch: the CPU test suite under the oldest torch that pyproject.toml admits ----------
+# pyproject.toml declares torch>=MIN; this installs torch==MIN.* (PyPI's Linux wheel is a CUDA build,
+# about 3 GB with its nvidia libraries; its own Triton pin comes with it) in .venv-torch-min, builds
+# the CPU extension (LPC_FAST_CUDA=0) in a copy of the tree (.min-torch-build/src, so the checkout's
+# CPU build is never replaced) and runs make test's suite there under TRITON_INTERPRET=1.
+MIN_TORCH := $(shell sed -n 's/.*"torch>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
+MIN_VENV := .venv-torch-min
+MIN_PY := $(CURDIR)/$(MIN_VENV)/bin/python
+MIN_WORK := .min-torch-build
+MIN_SRC := $(MIN_WORK)/src
+# Everything make test needs but Triton (torch pins the Triton it was built with) and the linters.
+MIN_TEST_PKGS := numpy|scipy|scikit-learn|pillow|matplotlib|tqdm|pytest|pytest-benchmark|hypothesis|ninja|setuptools|wheel
+
+.PHONY: check-min-torch clean-min-torch
+
+$(MIN_VENV)/.stamp-deps: requirements-dev.txt pyproject.toml
+	@test -n "$(MIN_TORCH)" || { echo "no torch>=X.Y in pyproject.toml"; exit 1; }
+	test -x $(MIN_PY) || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install -q --upgrade pip
+	$(MIN_PY) -m pip install -q "torch==$(MIN_TORCH).*" $(call pins,$(MIN_TEST_PKGS))
+	@touch $@
+
+check-min-torch: $(MIN_VENV)/.stamp-deps
+	$(PYTHON) build_tools/export_tree.py $(MIN_SRC)
+	cd $(MIN_SRC) && LPC_FAST_CUDA=0 nice -n 10 $(MIN_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	cd $(MIN_SRC) && $(MIN_PY) -c "import torch, lpc_fast; print('torch', torch.__version__, '| lpc_fast from', lpc_fast.__file__)"
+	cd $(MIN_SRC) && TRITON_INTERPRET=1 $(MIN_PY) -m pytest -q -m "not gpu" -p no:cacheprovider $(PYTEST_ARGS)
+
+clean-min-torch:
+	rm -rf $(MIN_WORK) $(MIN_VENV)/.stamp-deps
