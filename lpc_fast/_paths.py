@@ -95,7 +95,9 @@ class PathArg:
             "in-file": self._in_file,
             "in-dir": self._in_dir,
         }[self.kind]
-        return prefix + str(resolver(path, text, flag, note))
+        resolved = resolver(path, text, flag, note)
+        # Unchanged paths keep their spelling: it is recorded (config.json) and compared on --resume.
+        return value if resolved == path else prefix + str(resolved)
 
     # -- the four kinds -----------------------------------------------------------------------------
     def _out_file(self, path: Path, text: str, flag: str, note: Callable[[str], None]) -> Path:
@@ -137,8 +139,9 @@ class PathArg:
             detail = f" (no directory {where})" if where is not None else ""
             raise PathArgError(f"{flag}: {path} does not exist{detail}; expected {self.what}")
         try:
-            with open(path, "rb"):
-                pass
+            if path.is_file():  # opening a FIFO would wait for a writer
+                with open(path, "rb"):
+                    pass
         except OSError as exc:
             raise PathArgError(
                 f"{flag}: cannot read {path} ({exc.strerror or exc}); expected {self.what}"

@@ -10,6 +10,10 @@ Subcommands::
     lpc-fast demo [--steps N] [--out DIR]
     lpc-fast reproduce [...]        (lpc_fast.eval.reproduce: the paper's comparisons)
 
+Path options are checked before any work starts (:mod:`lpc_fast._paths`): an output file given without
+its extension gets it (with a note on stderr), an input given without it is found with it, a run directory
+stands for its ``checkpoint.pt``; anything unusable is one line naming the option and what it expects.
+
 Option precedence: defaults < ``--config`` file < explicit options; with ``--resume`` the checkpoint's
 config replaces the defaults.
 

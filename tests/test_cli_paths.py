@@ -54,11 +54,6 @@ CASES = ("missing-extension", "directory", "read-only", "missing-parent", "file-
 NOT_PATHS = {
     ("train", "--checkpoint-every"): "a step count",
     ("train", "--png-samples"): "an image count",
-    ("train", "--resume"): "a flag",
-    ("train", "--download"): "a flag",
-    ("demo", "--no-progress"): "a flag",
-    ("reproduce", "--resume"): "a flag",
-    ("reproduce", "--report-only"): "a flag",
 }
 _PATHY = re.compile(r"path|file|dir|root|out\b|json|checkpoint|config|dataset|feature|png|npz", re.I)
 
@@ -81,6 +76,7 @@ def test_every_path_like_option_carries_a_path_spec():
         ("reproduce", "--dataset"),
     }
     marked = {(c, f) for c, f, _ in PATH_OPTIONS}
+    look_alikes = set()
     for cmd, parser in _parsers().items():
         for action in parser._actions:
             if not action.option_strings or action.option_strings[0] in ("-h", "--help"):
@@ -91,6 +87,8 @@ def test_every_path_like_option_carries_a_path_spec():
             )
             if looks and (cmd, flag) not in marked:
                 assert (cmd, flag) in NOT_PATHS, f"{cmd} {flag} looks like a path option but has no PathArg"
+                look_alikes.add((cmd, flag))
+    assert look_alikes == NOT_PATHS.keys()  # the exceptions stay exactly the options that need one
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
@@ -240,3 +238,16 @@ def test_sample_without_png_extension_from_the_console(examples, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "s.png").is_file()
     assert "Traceback" not in proc.stderr and "writing" in proc.stderr
+
+
+def test_an_unchanged_path_keeps_its_spelling(examples, tmp_path, monkeypatch):
+    """Resolved values are recorded (config.json) and compared on --resume: only real changes show."""
+    from lpc_fast._paths import NPZ_DATASET, OUT_DIR
+
+    monkeypatch.chdir(examples["npz"].parent)
+    notes = []
+    assert NPZ_DATASET.resolve("npz:./images.npz", "--dataset", notes.append) == "npz:./images.npz"
+    assert NPZ_DATASET.resolve("npz:./images", "--dataset", notes.append) == "npz:images.npz"
+    assert NPZ_DATASET.resolve("digits", "--dataset", notes.append) == "digits"  # not a path
+    assert OUT_DIR.resolve("./runs/x/", "--out", notes.append) == "./runs/x/"
+    assert len(notes) == 1 and "--dataset" in notes[0]
