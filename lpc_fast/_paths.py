@@ -135,9 +135,7 @@ class PathArg:
                     found = path.with_name(path.name + ext)
                     note(f"{flag}: no {ext} extension given; reading {found}")
                     return found
-            where = _missing_parent(path)
-            detail = f" (no directory {where})" if where is not None else ""
-            raise PathArgError(f"{flag}: {path} does not exist{detail}; expected {self.what}")
+            raise PathArgError(f"{flag}: {path} does not exist{_why_missing(path)}; expected {self.what}")
         try:
             if path.is_file():  # opening a FIFO would wait for a writer
                 with open(path, "rb"):
@@ -150,19 +148,21 @@ class PathArg:
 
     def _in_dir(self, path: Path, text: str, flag: str, note: Callable[[str], None]) -> Path:
         if not path.exists():
-            raise PathArgError(f"{flag}: {path} does not exist; expected {self.what}")
+            raise PathArgError(f"{flag}: {path} does not exist{_why_missing(path)}; expected {self.what}")
         if not path.is_dir():
             raise PathArgError(f"{flag}: {path} is not a directory; expected {self.what}")
         return path
 
 
-def _missing_parent(path: Path) -> Path | None:
-    """The highest missing directory above ``path``, or None if its parent exists."""
+def _why_missing(path: Path) -> str:
+    """`` (no directory D)`` or `` (F is not a directory)`` when the parent is the reason, else ``""``."""
     missing = None
     parent = path.parent
     while not os.path.lexists(parent) and parent != parent.parent:
         missing, parent = parent, parent.parent
-    return missing
+    if not parent.is_dir():
+        return f" ({parent} is not a directory)"
+    return f" (no directory {missing})" if missing is not None else ""
 
 
 def _check_creatable(directory: Path, target: Path, flag: str, what: str) -> None:
