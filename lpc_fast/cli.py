@@ -10,6 +10,10 @@ Subcommands::
     lpc-fast demo [--steps N] [--out DIR]
     lpc-fast reproduce [...]        (lpc_fast.eval.reproduce: the paper's comparisons)
 
+Path options are checked before any work starts (:mod:`lpc_fast._paths`): an output file given without
+its extension gets it (with a note on stderr), an input given without it is found with it, a run directory
+stands for its ``checkpoint.pt``; anything unusable is one line naming the option and what it expects.
+
 Option precedence: defaults < ``--config`` file < explicit options; with ``--resume`` the checkpoint's
 config replaces the defaults.
 
@@ -48,6 +52,38 @@ EXIT_NONFINITE = 4
 
 class UsageError(Exception):
     """Bad command-line input: reported as one line, exit status 2."""
+
+
+def _path_specs() -> dict[str, Any]:
+    """The :class:`~lpc_fast._paths.PathArg` of each path option, by name (see build_parser)."""
+    from lpc_fast._paths import NPZ_DATASET, OUT_DIR, PathArg
+    from lpc_fast.train.checkpoint import CHECKPOINT_NAME
+
+    return {
+        "out_dir": OUT_DIR,
+        "npz": NPZ_DATASET,
+        "config": PathArg("in-file", "a JSON file of settings", "config", exts=(".json",)),
+        "data_root": PathArg("in-dir", "an existing data directory", "data-dir"),
+        "checkpoint": PathArg(
+            "in-file",
+            f"a checkpoint file (or a run directory holding {CHECKPOINT_NAME})",
+            "checkpoint",
+            exts=(".pt",),
+            dir_entry=CHECKPOINT_NAME,
+        ),
+        "png": PathArg("out-file", "a PNG image file", "png", exts=(".png",)),
+        "json": PathArg("out-file", "a JSON file", "json", exts=(".json",)),
+        "features": PathArg(
+            "in-file",
+            "a TorchScript feature network or Inception weights file",
+            "features",
+            prefixes=("torchscript:", "inception:"),
+        ),
+    }
+
+
+#: TrainConfig fields that hold paths -> key of _path_specs(); checked on the resolved config.
+_TRAIN_PATH_FIELDS = {"out": "out_dir", "data_root": "data_root", "dataset": "npz"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,8 +143,21 @@ def _value_parser(tp: Any, optional: bool) -> Any:
     return none_or(str)
 
 
-def _add_dataclass_options(group: Any, cls: type, prefix: str, dest_prefix: str, skip: set[str]) -> None:
+def _positive_int(text: str) -> int:
+    """argparse ``type=`` of counts, checked while parsing (before any path option or file is read)."""
+    value = _value_parser(int, False)(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_dataclass_options(
+    group: Any, cls: type, prefix: str, dest_prefix: str, skip: set[str], paths: dict[str, Any] | None = None
+) -> None:
+    from lpc_fast._paths import mark_path
     from lpc_fast.train.config import field_choices
+
+    paths = paths or {}
 
     hints = typing.get_type_hints(cls)
     doc_lines = _field_docs(cls)
@@ -140,7 +189,7 @@ def _add_dataclass_options(group: Any, cls: type, prefix: str, dest_prefix: str,
                 help=help_text,
             )
         else:
-            group.add_argument(
+            action = group.add_argument(
                 flag,
                 dest=dest,
                 type=_value_parser(tp, optional),
@@ -148,6 +197,8 @@ def _add_dataclass_options(group: Any, cls: type, prefix: str, dest_prefix: str,
                 metavar=f.name.upper(),
                 help=help_text,
             )
+            if f.name in paths:
+                mark_path(action, paths[f.name])
 
 
 def _choice_parser(choices: tuple[Any, ...], optional: bool) -> Any:
@@ -193,20 +244,33 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from lpc_fast._paths import path_option
     from lpc_fast.models import ModelConfig
     from lpc_fast.train.config import TrainConfig
 
-    p.add_argument("--config", dest="config_file", metavar="FILE.json", help="read settings from a JSON file")
+    specs = _path_specs()
+    path_option(
+        p,
+        "--config",
+        path=specs["config"],
+        dest="config_file",
+        metavar="FILE.json",
+        help="read settings from a JSON file",
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its checkpoint (bit-identical)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_dataclass_options(p.add_argument_group("training"), TrainConfig, "", "cfg__", {"model"})
+    train_paths = {name: specs[key] for name, key in _TRAIN_PATH_FIELDS.items()}
+    _add_dataclass_options(p.add_argument_group("training"), TrainConfig, "", "cfg__", {"model"}, train_paths)
     _add_dataclass_options(p.add_argument_group("model"), ModelConfig, _MODEL_PREFIX, "model__", set())
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lpc-fast`` argument parser (options generated from the config dataclasses)."""
+    from lpc_fast._paths import path_option
+
+    specs = _path_specs()
     parser = _Parser(prog="lpc-fast", description="Langevin predictive coding: train, sample, evaluate.")
     sub = parser.add_subparsers(
         dest="command", metavar="{train,sample,eval,demo,reproduce}", parser_class=_Parser
@@ -219,25 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(train)
 
     sample = sub.add_parser("sample", help="write a grid of model samples from a checkpoint")
-    sample.add_argument("--checkpoint", required=True, metavar="PATH")
-    sample.add_argument("--out", required=True, metavar="PNG")
-    sample.add_argument(
-        "--n", type=_value_parser(int, False), default=64, help="number of samples (default 64)"
-    )
+    path_option(sample, "--checkpoint", path=specs["checkpoint"], required=True, metavar="PATH")
+    path_option(sample, "--out", path=specs["png"], required=True, metavar="PNG")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
     sample.add_argument(
         "--seed", type=_value_parser(int, False), default=0, help="prior noise seed (default 0)"
     )
 
     ev = sub.add_parser("eval", help="importance-sampled log-likelihood and other metrics of a checkpoint")
-    ev.add_argument("--checkpoint", required=True, metavar="PATH")
-    ev.add_argument("--dataset", default=None, help="dataset name (default: the training dataset)")
-    ev.add_argument("--split", default="test", help="dataset split (default test)")
-    ev.add_argument(
-        "--json", dest="json_out", required=True, metavar="OUT", help="where to write the metrics"
+    path_option(ev, "--checkpoint", path=specs["checkpoint"], required=True, metavar="PATH")
+    path_option(
+        ev, "--dataset", path=specs["npz"], default=None, help="dataset name (default: the training dataset)"
     )
-    ev.add_argument("--num-is-samples", type=_value_parser(int, False), default=1000, help="K (default 1000)")
-    ev.add_argument(
+    ev.add_argument("--split", default="test", help="dataset split (default test)")
+    path_option(
+        ev,
+        "--json",
+        path=specs["json"],
+        dest="json_out",
+        required=True,
+        metavar="OUT",
+        help="where to write the metrics",
+    )
+    ev.add_argument("--num-is-samples", type=_positive_int, default=1000, help="K (default 1000)")
+    path_option(
+        ev,
         "--feature-space",
+        path=specs["features"],
         default="default",
         metavar="SPEC",
         help="sample-quality features: default (a CNN trained once on the training split and cached), "
@@ -245,13 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--num-eval-points",
-        type=_value_parser(int, False),
+        type=_positive_int,
         default=500,
         help="test points scored (default 500)",
     )
     ev.add_argument(
         "--num-generated",
-        type=_value_parser(int, False),
+        type=_positive_int,
         default=2000,
         help="generated images for sample-quality metrics (default 2000)",
     )
@@ -261,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help=f"train LPC on digits for {DEMO_STEPS} steps and write samples.png")
     demo.add_argument("--steps", type=_value_parser(int, False), default=DEMO_STEPS)
-    demo.add_argument("--out", default=DEMO_OUT)
+    path_option(
+        demo, "--out", path=specs["out_dir"], default=DEMO_OUT, help=f"output directory (default {DEMO_OUT})"
+    )
     demo.add_argument(
         "--num-threads", type=_value_parser(int, False), default=1, help="torch CPU threads (default 1)"
     )
@@ -324,10 +398,25 @@ def config_from_args(args: argparse.Namespace):
 # -- subcommands ---------------------------------------------------------------------------------------
 
 
+def _check_config_paths(config: Any, note: Any) -> None:
+    """Resolve the path fields of a TrainConfig (from options, a config file or defaults) in place."""
+    from lpc_fast._paths import OUT_DIR
+
+    specs = _path_specs()
+    for name, key in _TRAIN_PATH_FIELDS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        spec = OUT_DIR if name == "data_root" and config.download else specs[key]  # downloads go there
+        flag = "--" + name.replace("_", "-")
+        setattr(config, name, spec.resolve(value, flag, note))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lpc_fast.train.loop import run_training
 
     config = config_from_args(args)
+    _check_config_paths(config, args.note)
     result = run_training(config, resume=args.resume, progress=not args.no_progress)
     return _report(result)
 
@@ -360,11 +449,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _report(result)
 
 
-def _load(path: str):
-    from lpc_fast.train.checkpoint import load_checkpoint
+def _load(path: str, note: Any):
+    from lpc_fast.train.checkpoint import LegacyCheckpointWarning, load_checkpoint
     from lpc_fast.train.loop import load_model
 
-    state = load_checkpoint(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LegacyCheckpointWarning)
+        state = load_checkpoint(path)
+    for w in caught:  # one line, not Python's two-line warning display
+        if issubclass(w.category, LegacyCheckpointWarning):
+            note(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     model, config = load_model(state)
     return state, model, config
 
@@ -374,9 +470,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from lpc_fast.train.images import save_image_grid
 
-    if args.n < 1:
-        raise UsageError(f"--n: expected a positive integer, got {args.n}")
-    _, model, _ = _load(args.checkpoint)
+    _, model, _ = _load(args.checkpoint, args.note)
     with torch.no_grad():
         images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
     path = save_image_grid(images, args.out)
@@ -391,11 +485,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from lpc_fast.eval import evaluate_model
     from lpc_fast.train.lpc import posterior_chain_fn
 
-    for name in ("num_is_samples", "num_eval_points", "num_generated"):
-        if getattr(args, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag}: expected a positive integer, got {getattr(args, name)}")
-    state, model, config = _load(args.checkpoint)
+    state, model, config = _load(args.checkpoint, args.note)
     name = args.dataset or config.dataset
     data = load_dataset(name, args.split, root=config.data_root, download=False)
     if tuple(data.shape) != tuple(state["data"]["shape"]):
@@ -420,7 +510,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     metrics = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split, **metrics}
     out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # checked writable before the evaluation
     out.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
     print(f"metrics: {out}")
     return 0
@@ -442,6 +532,12 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of :func:`build_parser`'s parser, by name."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "demo": _cmd_demo,
@@ -460,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from lpc_fast import BackendUnavailableError
+    from lpc_fast._paths import PathArgError, resolve_path_args
     from lpc_fast.data import DatasetError
     from lpc_fast.train.checkpoint import CheckpointError
     from lpc_fast.train.config import ConfigError
@@ -469,9 +566,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lpc-fast {args.command}: error: {exc}", file=sys.stderr)
         return code
 
+    def note(message: str) -> None:
+        print(f"lpc-fast {args.command}: note: {message}", file=sys.stderr)
+
+    args.note = note
     try:
+        # Every path option is checked before any work (train's, on the resolved config).
+        sub = _subcommands(parser)[args.command]
+        config_fields = {"cfg__" + name for name in _TRAIN_PATH_FIELDS} if args.command == "train" else ()
+        resolve_path_args(sub, args, note, skip=config_fields)
         return _COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DatasetError, CheckpointError, BackendUnavailableError) as exc:
+    except (
+        UsageError,
+        PathArgError,
+        ConfigError,
+        DatasetError,
+        CheckpointError,
+        BackendUnavailableError,
+    ) as exc:
         return fail(exc, _EXIT_USAGE)
     except DivergenceError as exc:
         return fail(exc, EXIT_DIVERGED)

@@ -557,8 +557,14 @@ def test_corrupt_checkpoint_falls_back_with_message(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_main(["train", *args, "--steps", "4", "--out", str(out)], capsys)[0] == 0
     blob = bytearray((out / CHECKPOINT_NAME).read_bytes())
-    blob[-20] ^= 0x01  # one flipped bit in the newest checkpoint (step 4)
+    # One flipped bit in a weight of the newest checkpoint (step 4): torch.load reads it without
+    # complaint (it does not check its archive's CRCs); the checkpoint's own checksum must catch it.
+    weight = next(iter(load_checkpoint(out / CHECKPOINT_NAME)["trainer"]["model"].values()))
+    at = bytes(blob).find(weight.numpy().tobytes())
+    assert at > 0
+    blob[at + 1] ^= 0x01
     (out / CHECKPOINT_NAME).write_bytes(bytes(blob))
+    torch.load(out / CHECKPOINT_NAME, weights_only=True)
     code, err = run_main(["train", *args, "--steps", "6", "--out", str(out), "--resume"], capsys)
     assert code == 0, err
     warning = [ln for ln in err.splitlines() if ln.startswith("warning:")]

@@ -41,6 +41,7 @@ __all__ = [
     "VAETrainer",
     "load_checkpoint",
     "load_latest",
+    "load_model",
     "make_trainer",
     "run_training",
     "save_checkpoint",
@@ -58,3 +59,10 @@ def run_training(*args: Any, **kwargs: Any) -> Any:
     from lpc_fast.train.loop import run_training as _run
 
     return _run(*args, **kwargs)
+
+
+def load_model(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`lpc_fast.train.loop.load_model`: ``(model, config)`` of a loaded checkpoint dict."""
+    from lpc_fast.train.loop import load_model as _load
+
+    return _load(*args, **kwargs)

@@ -33,7 +33,13 @@ from typing import Any
 
 import torch
 
-from lpc_fast.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_latest, save_checkpoint
+from lpc_fast.train.checkpoint import (
+    CHECKPOINT_NAME,
+    PREVIOUS_NAME,
+    LegacyCheckpointWarning,
+    load_latest,
+    save_checkpoint,
+)
 from lpc_fast.train.config import ConfigError, TrainConfig
 from lpc_fast.train.distributed import DistContext, detect
 from lpc_fast.train.faults import TrainingFault
@@ -119,10 +125,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def checkpoint_payload(trainer: Any, data_info: dict[str, Any]) -> dict[str, Any]:
-    """The dict a checkpoint file holds: trainer state, config and what rebuilds the model."""
+    """The dict a checkpoint file holds: trainer state, config and what rebuilds the model.
+
+    ``"decoder"`` is the decoder's own ``state_dict`` (for loading it into other code); its tensors
+    are those of ``trainer["model"]``, which ``torch.save`` stores once.
+    """
     import lpc_fast
 
     return {
+        "decoder": trainer.model.decoder.state_dict(),
         "trainer": trainer.state_dict(),
         "config": trainer.config.to_dict(),
         "data": data_info,
@@ -261,7 +272,7 @@ def _run(config, dist: DistContext, *, resume, progress, log, dataset, make) -> 
             warnings.simplefilter("always")
             found = load_latest(out)
         for w in caught:  # a corrupt newest checkpoint: say so plainly before falling back
-            say(f"warning: {w.message}")
+            say(f"{'note' if issubclass(w.category, LegacyCheckpointWarning) else 'warning'}: {w.message}")
         if found is None:
             say(f"no checkpoint in {out}: starting a new run")
         else:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lpc_fast._paths import NPZ_DATASET, OUT_DIR, path_option, resolve_path_args
+
 from .plan import ReproConfig, quick_config
 from .runner import ReproError, rebuild_report, run_reproduction
 
@@ -81,12 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         "split and test the paper's claims at equal SGD steps, at convergence and at equal compute; writes "
         "results.json (after every finished run), REPORT.md and PNG figures.",
     )
-    p.add_argument(
+    path_option(
+        p,
         "--dataset",
+        path=NPZ_DATASET,
         default=d.dataset,
         help="dataset name (digits, shapes32 with the conv network, any local dataset, npz:PATH)",
     )
-    p.add_argument("--out", default="runs/reproduce", help="output directory (default runs/reproduce)")
+    path_option(
+        p, "--out", path=OUT_DIR, default="runs/reproduce", help="output directory (default runs/reproduce)"
+    )
     p.add_argument("--quick", action="store_true", help="CI-sized run: tiny budgets, 2 seeds, small K")
     p.add_argument(
         "--resume",
@@ -223,8 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     from lpc_fast.data import DatasetError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        # Path options first: one line naming the option before anything runs.
+        resolve_path_args(
+            parser, args, lambda msg: print(f"lpc-fast reproduce: note: {msg}", file=sys.stderr)
+        )
         cfg = None if args.report_only else config_from_args(args)
     except ValueError as exc:
         print(f"lpc-fast reproduce: error: {exc}", file=sys.stderr)
