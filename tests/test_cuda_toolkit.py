@@ -184,7 +184,8 @@ def _setup_decision(tmp_path: Path, env: dict[str, str]) -> subprocess.Completed
     project = tmp_path / "project"
     (project / "build_tools").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "setup.py", project / "setup.py")
-    shutil.copy(ROOT / "build_tools" / "cuda_toolkit.py", project / "build_tools" / "cuda_toolkit.py")
+    for tool in ("cuda_toolkit.py", "extension_probe.py"):  # the build tools setup.py loads
+        shutil.copy(ROOT / "build_tools" / tool, project / "build_tools" / tool)
     full_env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
     full_env.update(env)
     return subprocess.run(
