@@ -55,7 +55,11 @@ PARAMS = dict(
     temperature=1.0,
     bias_correction=True,
     precondition=True,
-    weight_decay=0.37,
+    # A prior precision other than 1, and a power of two: lambda * z is exact, so s = g + lambda z has
+    # one rounding relative to |s| as with lambda = 1, which TOL_V assumes (a product's rounding is
+    # relative to |lambda z|, which cancellation in s can make far larger than |s|). Other values of
+    # lambda: tests/test_closed_form.py and tests/test_cpu_kernel.py.
+    weight_decay=0.5,
 )
 HYPER = {key: value for key, value in PARAMS.items() if key != "step"}
 SHAPES = [(1,), (7,), (1025,), (2**17 + 3,), (64, 40), (64, 3, 32, 32)]
@@ -238,7 +242,7 @@ def test_update_matches_reference(dtype, shape, contiguous):
         assert_close(grad_grad, gg_ref, tol, f"grad_grad ({label} grad_v_new)")
 
 
-FLAGS = [(pc, wd, bc) for pc in (True, False) for wd in (1.0, 0.0, 2.5) for bc in (True, False)]
+FLAGS = [(pc, wd, bc) for pc in (True, False) for wd in (1.0, 0.0, 4.0) for bc in (True, False)]
 
 
 @pytest.mark.parametrize("precondition,weight_decay,bias_correction", FLAGS)
