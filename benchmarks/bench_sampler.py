@@ -26,6 +26,21 @@ timed round-robin (``harness.time_interleaved``), so the ratios between them are
 machine's drift; each row also records the paired ratios ``sampler / handwritten`` and
 ``sampler / foreach`` (medians over rounds of same-round ratios).
 
+Weights (``--case weights``): one SGLD / pSGLD step over the six tensors of a 2-hidden-layer MLP of 1,200
+units on the 64-pixel digits (``64x1200, 1200, 1200x1200, 1200, 1200x10, 10``: 1,531,210 weights) with a
+Gaussian prior of precision 100 (sigma = 0.1), the optimizer step of ``examples/bayesian_mlp.py``:
+
+``sgld-hand``    Welling & Teh-style SGLD, ``theta -= lr (g / 2 + xi / sqrt(lr))``, the prior's gradient
+                 added to ``g`` by hand (``HandSGLD`` of the example)
+``sgld``         ``LangevinSampler(weights, lr=lr / 2, weight_decay=100)``
+``psgld-hand``   Li et al.-style pSGLD (RMSprop preconditioner, no bias correction; ``HandPSGLD``)
+``psgld``        ``LangevinSampler(weights, lr=lr / 2, mode="preconditioned", beta=alpha, eps=eps,
+                 bias_correction=False, weight_decay=100)``
+
+each checked first (standardised increments standard normal; the samplers' equal to the contract noise)
+and timed interleaved; rows carry ``hand_over_sampler``, the paired ratio of each hand-written update to
+its sampler line.
+
 Rows go to ``<results-dir>/cpu.jsonl`` and ``.csv`` (``level="sampler"``, the common layout); ``plot.py``
 draws ``cpu_sampler.png``.
 """
@@ -50,6 +65,13 @@ import lpc_fast  # noqa: E402
 from lpc_fast import rng  # noqa: E402
 
 ALL_PROVIDERS = ("floor", "handwritten", "client", "sampler", "op", "foreach")
+WEIGHT_PROVIDERS = ("sgld-hand", "sgld", "psgld-hand", "psgld")
+#: The six tensors of a 64 -> 1200 -> 1200 -> 10 MLP (1,531,210 weights).
+WEIGHT_SHAPES = ((64, 1200), (1200,), (1200, 1200), (1200,), (1200, 10), (10,))
+WEIGHT_N = sum(math.prod(s) for s in WEIGHT_SHAPES)
+#: The SGLD / pSGLD settings of examples/bayesian_mlp.py: step in the hand-written convention, prior
+#: precision 1 / sigma^2 with sigma = 0.1, RMSprop decay and epsilon.
+WEIGHT_LR, WEIGHT_DECAY, ALPHA, PSGLD_EPS = 2e-4, 100.0, 0.99, 1e-5
 CLIENT_SHAPES = ((256, 20), (256, 128), (256, 128))
 CLIENT_N = sum(a * b for a, b in CLIENT_SHAPES)  # 70,656
 DEFAULT_SIZES = [2**10, 2**12, 2**14, CLIENT_N, 2**18, 2**20, 2**22]
@@ -156,6 +178,154 @@ def _build(name: str, zs: list[torch.Tensor], grads: list[torch.Tensor]) -> Call
 
         return foreach_op
     raise ValueError(f"unknown provider {name!r}")
+
+
+def _hand_optimizers():
+    """The hand-written SGLD / pSGLD of examples/bayesian_mlp.py (one definition of each)."""
+    sys.path.insert(0, os.path.join(harness.ROOT, "examples"))
+    try:
+        import bayesian_mlp
+    finally:
+        sys.path.pop(0)
+    return bayesian_mlp.HandSGLD, bayesian_mlp.HandPSGLD
+
+
+def build_weight_provider(
+    name: str, shapes: tuple[tuple[int, ...], ...] = WEIGHT_SHAPES, dtype: torch.dtype = torch.float32
+) -> tuple[Callable[[], Any], list[torch.Tensor], list[torch.Tensor]]:
+    """``(step call, weights, gradients)``: one optimizer step of provider ``name`` over fresh weights."""
+    gen = torch.Generator().manual_seed(2)
+    ws = [(0.1 * torch.randn(s, generator=gen)).to(dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    for w, g in zip(ws, grads):
+        w.grad = g
+    hand_sgld, hand_psgld = _hand_optimizers()
+    if name == "sgld-hand":
+        opt = hand_sgld(ws, lr=WEIGHT_LR, weight_decay=WEIGHT_DECAY)
+    elif name == "sgld":
+        opt = lpc_fast.LangevinSampler(ws, lr=WEIGHT_LR / 2, weight_decay=WEIGHT_DECAY, seed=SEED)
+    elif name == "psgld-hand":
+        opt = hand_psgld(ws, lr=WEIGHT_LR, alpha=ALPHA, eps=PSGLD_EPS, weight_decay=WEIGHT_DECAY)
+    elif name == "psgld":
+        opt = lpc_fast.LangevinSampler(
+            ws,
+            lr=WEIGHT_LR / 2,
+            mode="preconditioned",
+            beta=ALPHA,
+            eps=PSGLD_EPS,
+            bias_correction=False,
+            weight_decay=WEIGHT_DECAY,
+            seed=SEED,
+        )
+    else:
+        raise ValueError(f"unknown weights provider {name!r}")
+    return opt.step, ws, grads
+
+
+def check_weight_provider(name: str, shapes: tuple[tuple[int, ...], ...] | None = None) -> str | None:
+    """None when one step of ``name`` (from v = 0) is SGLD / pSGLD with the prior: the increments
+    standardised by their drift and scale are standard normal (the samplers': the contract noise)."""
+    shapes = shapes or ((64, 40), (40,), (40, 40), (40,), (40, 10), (10,))
+    fn, ws, grads = build_weight_provider(name, shapes, torch.float64)
+    before = [w.detach().clone() for w in ws]
+    fn()
+    xis = []
+    for w, b, g in zip(ws, before, grads):
+        s = g + WEIGHT_DECAY * b  # the energy's gradient: likelihood plus prior
+        p = (
+            1.0 / (PSGLD_EPS + ((1 - ALPHA) * s * s).sqrt())
+            if name.startswith("psgld")
+            else torch.ones_like(s)
+        )
+        xis.append(((w.detach() - b + WEIGHT_LR / 2 * p * s) / (WEIGHT_LR * p).sqrt()).reshape(-1))
+    xi = torch.cat(xis)
+    n = xi.numel()
+    if abs(xi.mean().item()) > 6 / math.sqrt(n) or abs(xi.std().item() - 1) > 6 * math.sqrt(2 / n):
+        return (
+            f"increments are not SGLD's: standardised mean {xi.mean().item():.3g}, std {xi.std().item():.3g}"
+        )
+    if not name.endswith("-hand"):
+        offsets, _ = rng.foreach_offsets(0, [w.numel() for w in ws])
+        want = torch.cat(
+            [rng.philox_normal_reference(w.numel(), seed=SEED, offset=o) for w, o in zip(ws, offsets)]
+        )
+        if not torch.allclose(xi, want, rtol=1e-6, atol=1e-6):
+            return "noise differs from the contract noise of (seed, offset)"
+    return None
+
+
+def run_weights(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The weights case: every provider's step over the MLP's six tensors, interleaved."""
+    providers = []
+    for name in WEIGHT_PROVIDERS:
+        why = harness.check_failure(check_weight_provider, name)
+        if why is not None:
+            print(f"skipping {name}: {why}")
+        else:
+            providers.append(name)
+    rows: list[dict[str, Any]] = []
+    for threads in args.threads:
+        torch.set_num_threads(os.cpu_count() if threads == "all" else int(threads))
+        env = harness.environment("cpu")
+        print(
+            f"\n== weights, {env['threads']} thread(s), load average {os.getloadavg()[0]:.1f} "
+            f"on {os.cpu_count()} cores"
+        )
+        fns = {p: build_weight_provider(p)[0] for p in providers}
+        samples = harness.time_interleaved(
+            fns, budget_s=args.budget, min_rounds=args.min_rounds, max_rounds=args.max_rounds, warmup=3
+        )
+        for p in providers:
+            stats = harness.summarize(samples[p])
+            hand = f"{p}-hand"
+            ratio = None
+            if not p.endswith("-hand") and hand in samples:
+                ratio = harness.paired_ratio(samples, hand, p)
+            rows.append(
+                {
+                    **env,
+                    "level": "sampler",
+                    "bench": "bench_sampler",
+                    "case": "weights",
+                    "provider": p,
+                    "model": "mlp-1200",
+                    "T": None,
+                    "batch": None,
+                    "n": WEIGHT_N,
+                    "tensors": len(WEIGHT_SHAPES),
+                    "shapes": [list(s) for s in WEIGHT_SHAPES],
+                    **stats,
+                    "throughput": WEIGHT_N / stats["median_s"],
+                    "throughput_unit": "weights/s",
+                    "ratio_to_floor": None,
+                    "peak_mem_bytes": None,
+                    "mem_method": None,
+                    "hand_over_sampler": ratio,
+                }
+            )
+        line = "  ".join(
+            f"{r['provider']} {harness.fmt_seconds(r['median_s'])}" for r in rows[-len(providers) :]
+        )
+        print(f"n={WEIGHT_N} tensors={len(WEIGHT_SHAPES)}: {line}", flush=True)
+    return rows
+
+
+def markdown_weights(rows: list[dict[str, Any]]) -> str:
+    """One line per thread count: median per step and the hand-written / sampler ratios."""
+    body = []
+    for threads in sorted({r["threads"] for r in rows}):
+        cur = {r["provider"]: r for r in rows if r["threads"] == threads}
+        line: list[Any] = [threads]
+        line += [harness.fmt_seconds(cur[p]["median_s"]) if p in cur else "" for p in WEIGHT_PROVIDERS]
+        for p in ("sgld", "psgld"):
+            ratio = cur[p]["hand_over_sampler"] if p in cur else None
+            line.append("" if ratio is None else f"{ratio:.2f}")
+        body.append(line)
+    header = ["threads", *WEIGHT_PROVIDERS, "sgld-hand / sgld", "psgld-hand / psgld"]
+    return (
+        f"SGLD / pSGLD step over a 1,200-unit MLP's weights ({WEIGHT_N:,} in 6 tensors; bench_sampler.py "
+        "--case weights)\n\n" + harness.markdown_table(header, body)
+    )
 
 
 def check_provider(name: str) -> str | None:
@@ -289,6 +459,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="two sizes, 3 tensors, one thread, short budget")
+    ap.add_argument(
+        "--case",
+        choices=["latents", "weights"],
+        default="latents",
+        help="latents: the ULA providers over latent sizes; weights: SGLD / pSGLD over a 1,200-unit MLP",
+    )
     ap.add_argument("--sizes", nargs="+", type=harness_size, default=None, help="e.g. 2^10 70656")
     ap.add_argument("--tensors", nargs="+", type=int, default=None, choices=[1, 3])
     ap.add_argument("--threads", nargs="+", default=None, help="thread counts: integers or 'all'")
@@ -310,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in args.threads:
         if t != "all" and not (t.isdigit() and int(t) >= 1):
             ap.error(f"--threads takes integers >= 1 or 'all', got {t!r}")
-    rows = run(args)
+    rows = run_weights(args) if args.case == "weights" else run(args)
     if not rows:
         print("no provider could run")
         return 1
@@ -319,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"appended rows to {path}")
     if args.json:
         harness.write_json(rows, args.json)
-    table = markdown(rows)
+    table = markdown_weights(rows) if args.case == "weights" else markdown(rows)
     print("\n" + table)
     if args.markdown:
         with open(args.markdown, "w") as fh:

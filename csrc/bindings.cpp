@@ -12,31 +12,31 @@ namespace cpu {
 // Defined in langevin_cpu.cpp. Seeds and offsets are int64 carrying uint64 bits.
 void langevin_step_(at::Tensor z, const at::Tensor& grad, at::Tensor v, int64_t step,
                     double step_size, double beta, double eps, double temperature,
-                    bool bias_correction, bool precondition, bool prior_grad, int64_t seed,
+                    bool bias_correction, bool precondition, double weight_decay, int64_t seed,
                     int64_t offset);
 void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at::Tensor state,
                           double step_size, double beta, double eps, double temperature,
-                          bool bias_correction, bool precondition, bool prior_grad);
+                          bool bias_correction, bool precondition, double weight_decay);
 std::tuple<at::Tensor, at::Tensor> langevin_fwd(const at::Tensor& z, const at::Tensor& grad,
                                                 const at::Tensor& v, int64_t step, double step_size,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
-                                                bool prior_grad, int64_t seed, int64_t offset);
+                                                double weight_decay, int64_t seed, int64_t offset);
 std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                                                 const std::optional<at::Tensor>& grad_v_new,
                                                 const at::Tensor& z, const at::Tensor& grad,
                                                 const at::Tensor& v, int64_t step, double step_size,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
-                                                bool prior_grad, int64_t seed, int64_t offset);
+                                                double weight_decay, int64_t seed, int64_t offset);
 void langevin_step_foreach_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
                             int64_t step, double step_size, double beta, double eps,
                             double temperature, bool bias_correction, bool precondition,
-                            bool prior_grad, int64_t seed, int64_t offset);
+                            double weight_decay, int64_t seed, int64_t offset);
 void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
                                   at::Tensor state, double step_size, double beta, double eps,
                                   double temperature, bool bias_correction, bool precondition,
-                                  bool prior_grad);
+                                  double weight_decay);
 void philox_normal_(at::Tensor out, int64_t seed, int64_t offset);
 void philox_uint32_(at::Tensor out, int64_t seed, int64_t offset);
 std::string simd_level();

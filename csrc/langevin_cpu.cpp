@@ -383,9 +383,9 @@ struct StepArgs {
   const float* v;
   void* z_out;
   float* v_out;  // written only when preconditioning
-  double step_size, beta, eps, temperature, bias_corr;
-  bool precondition, prior_grad;
-  bool noisy;  // temperature != 0: the noise term exists
+  double step_size, beta, eps, temperature, bias_corr, weight_decay;
+  bool precondition, prior_grad;  // prior_grad: weight_decay != 0
+  bool noisy;                     // temperature != 0: the noise term exists
   uint64_t seed, offset;
 };
 
@@ -399,8 +399,8 @@ struct BackwardArgs {
   const float* v;
   void* grad_z;
   void* grad_grad;
-  double step_size, beta, eps, temperature, bias_corr;
-  bool precondition, prior_grad;
+  double step_size, beta, eps, temperature, bias_corr, weight_decay;
+  bool precondition, prior_grad;  // prior_grad: weight_decay != 0
   bool noisy;  // the noise enters the backward (preconditioned and temperature != 0)
   uint64_t seed, offset;
 };
@@ -431,7 +431,7 @@ LPC_CPU_INLINE void forward_block(const S* z, const S* g, const float* v, const 
 template <int kIsa, typename S, typename T, bool kPre, bool kPrior>
 LPC_CPU_INLINE void forward_range(const StepArgs& a, int64_t b0, int64_t b1) {
   const StepCoeffs<T> k =
-      make_step_coeffs<T>(a.step_size, a.beta, a.eps, a.temperature, a.bias_corr);
+      make_step_coeffs<T>(a.step_size, a.beta, a.eps, a.temperature, a.bias_corr, a.weight_decay);
   const S* z = static_cast<const S*>(a.z);
   const S* g = static_cast<const S*>(a.grad);
   S* zo = static_cast<S*>(a.z_out);
@@ -517,7 +517,7 @@ LPC_CPU_INLINE void backward_block(const S* gz, const float* gv, const S* z, con
 template <int kIsa, typename S, typename T, bool kPre, bool kPrior, bool kHasGv>
 LPC_CPU_INLINE void backward_range(const BackwardArgs& a, int64_t b0, int64_t b1) {
   const StepCoeffs<T> k =
-      make_step_coeffs<T>(a.step_size, a.beta, a.eps, a.temperature, a.bias_corr);
+      make_step_coeffs<T>(a.step_size, a.beta, a.eps, a.temperature, a.bias_corr, a.weight_decay);
   const S* gz = static_cast<const S*>(a.gz);
   const S* z = static_cast<const S*>(a.z);
   const S* g = static_cast<const S*>(a.grad);
@@ -742,7 +742,7 @@ uint64_t as_u64(int64_t x) { return static_cast<uint64_t>(x); }
 // z and v updated in place; non-contiguous tensors go through contiguous copies.
 void step_inplace_impl(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& v,
                        int64_t step, double step_size, double beta, double eps, double temperature,
-                       bool bias_correction, bool precondition, bool prior_grad, uint64_t seed,
+                       bool bias_correction, bool precondition, double weight_decay, uint64_t seed,
                        uint64_t offset) {
   check_step_inputs(z, grad, v);
   const double c = checked_bias_corr(beta, step, bias_correction, precondition);
@@ -762,8 +762,9 @@ void step_inplace_impl(const at::Tensor& z, const at::Tensor& grad, const at::Te
              eps,
              temperature,
              c,
+             weight_decay,
              precondition,
-             prior_grad,
+             weight_decay != 0.0,
              temperature != 0.0,
              seed,
              offset};
@@ -809,8 +810,8 @@ void check_foreach_inputs(at::TensorList zs, at::TensorList grads, at::TensorLis
 // Returns the counters consumed (the sum of the tensors' increments).
 uint64_t step_foreach_impl(at::TensorList zs, at::TensorList grads, at::TensorList vs, int64_t step,
                            double step_size, double beta, double eps, double temperature,
-                           bool bias_correction, bool precondition, bool prior_grad, uint64_t seed,
-                           uint64_t offset) {
+                           bool bias_correction, bool precondition, double weight_decay,
+                           uint64_t seed, uint64_t offset) {
   check_foreach_inputs(zs, grads, vs);
   const double c = checked_bias_corr(beta, step, bias_correction, precondition);
   const size_t count = zs.size();
@@ -837,8 +838,8 @@ uint64_t step_foreach_impl(at::TensorList zs, at::TensorList grads, at::TensorLi
     args.push_back(StepArgs{zs[i].scalar_type(), n, zc.back().const_data_ptr(),
                             gc.back().const_data_ptr(), vc.back().const_data_ptr<float>(),
                             zc.back().mutable_data_ptr(), vc.back().mutable_data_ptr<float>(),
-                            step_size, beta, eps, temperature, c, precondition, prior_grad,
-                            temperature != 0.0, seed, tensor_offset});
+                            step_size, beta, eps, temperature, c, weight_decay, precondition,
+                            weight_decay != 0.0, temperature != 0.0, seed, tensor_offset});
     index.push_back(i);
     first_block.push_back(blocks);
     blocks += (n + kBlock - 1) / kBlock;
@@ -877,15 +878,15 @@ uint64_t step_foreach_impl(at::TensorList zs, at::TensorList grads, at::TensorLi
 
 void langevin_step_(at::Tensor z, const at::Tensor& grad, at::Tensor v, int64_t step,
                     double step_size, double beta, double eps, double temperature,
-                    bool bias_correction, bool precondition, bool prior_grad, int64_t seed,
+                    bool bias_correction, bool precondition, double weight_decay, int64_t seed,
                     int64_t offset) {
   step_inplace_impl(z, grad, v, step, step_size, beta, eps, temperature, bias_correction,
-                    precondition, prior_grad, as_u64(seed), as_u64(offset));
+                    precondition, weight_decay, as_u64(seed), as_u64(offset));
 }
 
 void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at::Tensor state,
                           double step_size, double beta, double eps, double temperature,
-                          bool bias_correction, bool precondition, bool prior_grad) {
+                          bool bias_correction, bool precondition, double weight_decay) {
   check_cpu(state, "state");
   LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
             state.scalar_type());
@@ -901,7 +902,7 @@ void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at
   const int64_t step = s[2];
   if (z.numel() > 0) {
     step_inplace_impl(z, grad, v, step, step_size, beta, eps, temperature, bias_correction,
-                      precondition, prior_grad, seed, offset);
+                      precondition, weight_decay, seed, offset);
   }
   s[1] = static_cast<int64_t>(offset + philox_offset_increment(z.numel()));
   s[2] = step + 1;
@@ -910,15 +911,15 @@ void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at
 void langevin_step_foreach_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
                             int64_t step, double step_size, double beta, double eps,
                             double temperature, bool bias_correction, bool precondition,
-                            bool prior_grad, int64_t seed, int64_t offset) {
+                            double weight_decay, int64_t seed, int64_t offset) {
   step_foreach_impl(zs, grads, vs, step, step_size, beta, eps, temperature, bias_correction,
-                    precondition, prior_grad, as_u64(seed), as_u64(offset));
+                    precondition, weight_decay, as_u64(seed), as_u64(offset));
 }
 
 void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
                                   at::Tensor state, double step_size, double beta, double eps,
                                   double temperature, bool bias_correction, bool precondition,
-                                  bool prior_grad) {
+                                  double weight_decay) {
   check_cpu(state, "state");
   LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
             state.scalar_type());
@@ -931,7 +932,7 @@ void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::T
   // One call is one step, even for empty lists or tensors (offset += 0, step += 1).
   const uint64_t consumed =
       step_foreach_impl(zs, grads, vs, step, step_size, beta, eps, temperature, bias_correction,
-                        precondition, prior_grad, as_u64(s[0]), offset);
+                        precondition, weight_decay, as_u64(s[0]), offset);
   s[1] = static_cast<int64_t>(offset + consumed);
   s[2] = step + 1;
 }
@@ -940,7 +941,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_fwd(const at::Tensor& z, const at::T
                                                 const at::Tensor& v, int64_t step, double step_size,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
-                                                bool prior_grad, int64_t seed, int64_t offset) {
+                                                double weight_decay, int64_t seed, int64_t offset) {
   check_step_inputs(z, grad, v);
   const double c = checked_bias_corr(beta, step, bias_correction, precondition);
   at::Tensor z_new = at::empty(z.sizes(), z.options());
@@ -962,8 +963,9 @@ std::tuple<at::Tensor, at::Tensor> langevin_fwd(const at::Tensor& z, const at::T
              eps,
              temperature,
              c,
+             weight_decay,
              precondition,
-             prior_grad,
+             weight_decay != 0.0,
              temperature != 0.0,
              as_u64(seed),
              as_u64(offset)};
@@ -977,7 +979,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                                                 const at::Tensor& v, int64_t step, double step_size,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
-                                                bool prior_grad, int64_t seed, int64_t offset) {
+                                                double weight_decay, int64_t seed, int64_t offset) {
   check_step_inputs(z, grad, v);
   check_cpu(grad_z_new, "grad_z_new");
   LPC_CHECK(grad_z_new.sizes() == z.sizes(), "lpc_fast: grad_z_new must have z's shape ", z.sizes(),
@@ -1014,8 +1016,9 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                  eps,
                  temperature,
                  c,
+                 weight_decay,
                  precondition,
-                 prior_grad,
+                 weight_decay != 0.0,
                  precondition && temperature != 0.0,
                  as_u64(seed),
                  as_u64(offset)};

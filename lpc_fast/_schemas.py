@@ -72,11 +72,11 @@ NAMESPACE = "lpc_fast"
 PREFIXES = {"cpu": "", "cuda": "", "triton": "triton_", "reference": "reference_"}
 
 #: The hyper-parameters of an update, in schema order (``**hyper`` of the backend methods).
-HYPER_NAMES = ("step_size", "beta", "eps", "temperature", "bias_correction", "precondition", "prior_grad")
+HYPER_NAMES = ("step_size", "beta", "eps", "temperature", "bias_correction", "precondition", "weight_decay")
 
 _HYPER = (
     "float step_size, float beta, float eps, float temperature, "
-    "bool bias_correction, bool precondition, bool prior_grad"
+    "bool bias_correction, bool precondition, float weight_decay"
 )
 # Seeds, offsets and steps are SymInt: an int would make torch.compile specialise (and recompile)
 # on every new value. Seeds and offsets are int64 carrying the bits of the uint64 values.

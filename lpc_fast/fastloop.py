@@ -149,8 +149,8 @@ class LangevinLoop:
         self.num_steps = num_steps
         self.burn_in = burn_in
         # Validated once here so that the hot loop does not repeat the op's scalar checks.
-        # prior_grad=False: the energy includes the prior, so the kernel must not add it again.
-        self.hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, False)
+        # weight_decay=0: the energy includes the prior, so the kernel must not add it again.
+        self.hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, 0.0)
         self.seed = seed
         self.backend = backend
         self.mode = mode

@@ -14,6 +14,7 @@ import torch
 from . import rng
 from ._schemas import HYPER_NAMES
 from .dispatch import _context_stack, _load_extension, env_request, get_backend, select_backend
+from .reference import resolve_weight_decay
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -109,15 +110,15 @@ def _check_tensor_lists(zs, grads, vs) -> None:
             raise ValueError(f"zs[{i}] must be on zs[0]'s device ({device}), got {z.device}")
 
 
-def _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad) -> dict:
+def _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, weight_decay) -> dict:
     _check_real("step_size", step_size)
     _check_real("beta", beta)
     _check_real("eps", eps)
     _check_real("temperature", temperature)
+    _check_real("weight_decay", weight_decay)
     for name, flag in (
         ("bias_correction", bias_correction),
         ("precondition", precondition),
-        ("prior_grad", prior_grad),
     ):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -137,6 +138,8 @@ def _check_hyper(step_size, beta, eps, temperature, bias_correction, preconditio
         raise ValueError(f"eps must be > 0, got {eps}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay (the Gaussian prior's precision) must be >= 0, got {weight_decay}")
     return {
         "step_size": float(step_size),
         "beta": float(beta),
@@ -144,7 +147,7 @@ def _check_hyper(step_size, beta, eps, temperature, bias_correction, preconditio
         "temperature": float(temperature),
         "bias_correction": bias_correction,
         "precondition": precondition,
-        "prior_grad": prior_grad,
+        "weight_decay": float(weight_decay),
     }
 
 
@@ -189,7 +192,7 @@ _CACHE_LIMIT = 256  # distinct keys kept (a hyper-parameter sweep must not grow 
 _fast_calls: dict[tuple, tuple] = {}
 
 
-def _fast_key(name, device, backend, step, seed, offset, step_size, beta, eps, temperature, bc, pc, pg):
+def _fast_key(name, device, backend, step, seed, offset, step_size, beta, eps, temperature, bc, pc, wd):
     """The fast path's cache key, or None when the call needs the checked path.
 
     Only exact types qualify (``True == 1 == 1.0`` as dict keys, but only a bool is a valid flag);
@@ -205,14 +208,14 @@ def _fast_key(name, device, backend, step, seed, offset, step_size, beta, eps, t
         and type(temperature) is float
         and type(bc) is bool
         and type(pc) is bool
-        and type(pg) is bool
+        and type(wd) is float
         and 1 <= step
         and 0 <= seed <= _U64
         and 0 <= offset <= _U64
         and not _is_compiling()
     ):
         ctx = _context_stack[-1] if _context_stack else None
-        return (name, device, backend, ctx, env_request(), step_size, beta, eps, temperature, bc, pc, pg)
+        return (name, device, backend, ctx, env_request(), step_size, beta, eps, temperature, bc, pc, wd)
     return None
 
 
@@ -290,7 +293,8 @@ def langevin_step_(
     temperature: float = 1.0,
     bias_correction: bool = True,
     precondition: bool = True,
-    prior_grad: bool = False,
+    prior_grad: bool | None = None,
+    weight_decay: float | None = None,
     seed: int | None = None,
     offset: int | None = None,
     rng_state: torch.Tensor | None = None,
@@ -298,7 +302,7 @@ def langevin_step_(
 ) -> None:
     """One fused Langevin step, in place on ``z`` and ``v`` (LPC.md §2).
 
-    ``s = grad (+ z if prior_grad)``; ``v <- beta*v + (1-beta)*s**2``;
+    ``s = grad + weight_decay*z``; ``v <- beta*v + (1-beta)*s**2``;
     ``p = 1/(eps + sqrt(v_hat))``; ``z <- z - step_size*p*s + sqrt(2*step_size*temperature*p)*xi``
     with ``xi`` the contract normals of ``(seed, offset)`` (:mod:`lpc_fast.rng`).
 
@@ -307,7 +311,8 @@ def langevin_step_(
     z : Tensor
         Latents, float16 / bfloat16 / float32 / float64, any shape and strides; updated in place.
     grad : Tensor
-        ``dE/dz`` at ``z`` (only the likelihood part if ``prior_grad``), same shape and dtype as ``z``.
+        ``dE/dz`` at ``z`` without the Gaussian prior's part ``weight_decay*z``, same shape and dtype
+        as ``z``.
     v : Tensor
         float32 second-moment state, same shape as ``z``; updated in place (untouched if
         ``precondition=False``). Reset it to zero for each new batch.
@@ -321,9 +326,14 @@ def langevin_step_(
         ``lambda > 0`` in ``p = 1/(lambda + sqrt(v_hat))``.
     temperature : float
         ``tau >= 0``; 0 is deterministic predictive coding.
-    bias_correction, precondition, prior_grad : bool
-        Divide ``v`` by ``1 - beta**step``; use the preconditioner (``False`` is plain ULA); add the
-        N(0, I) prior gradient ``z`` in-kernel.
+    bias_correction, precondition : bool
+        Divide ``v`` by ``1 - beta**step``; use the preconditioner (``False`` is plain ULA).
+    weight_decay : float, optional
+        ``lambda >= 0``: the kernel adds the gradient ``lambda*z`` of a Gaussian prior
+        N(0, I/lambda) to ``grad`` (as ``torch.optim``'s weight decay); default 0.
+    prior_grad : bool, optional
+        Alias: ``True`` is ``weight_decay=1`` (the N(0, I) prior), ``False`` is ``weight_decay=0``.
+        Giving both is an error unless they agree.
     seed, offset : int
         Unsigned 64-bit noise key and counter; advance ``offset`` by
         ``lpc_fast.rng.offset_increment(z.numel())`` after each call.
@@ -335,10 +345,12 @@ def langevin_step_(
     backend : str, optional
         ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"``; default: see :mod:`lpc_fast.dispatch`.
     """
+    if prior_grad is not None or weight_decay is None:
+        weight_decay = resolve_weight_decay(prior_grad, weight_decay)
     hit = None
     if rng_state is None and isinstance(z, _Tensor) and isinstance(grad, _Tensor) and isinstance(v, _Tensor):
         if not (grad.is_meta or v.is_meta):  # a meta tensor's kernel is the no-op fake
-            raw = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+            raw = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
             hit = _fast_lookup(_memo_step, "langevin_step_", z, backend, step, seed, offset, raw)
     if hit is not None:
         op, hyper = hit
@@ -367,7 +379,7 @@ def langevin_step_(
         temperature=temperature,
         bias_correction=bias_correction,
         precondition=precondition,
-        prior_grad=prior_grad,
+        weight_decay=weight_decay,
         seed=seed,
         offset=offset,
         rng_state=rng_state,
@@ -387,7 +399,7 @@ def _langevin_step_checked(
     temperature,
     bias_correction,
     precondition,
-    prior_grad,
+    weight_decay,
     seed,
     offset,
     rng_state,
@@ -400,7 +412,7 @@ def _langevin_step_checked(
     checks the tensors itself.
     """
     _check_tensors(z, grad, v)
-    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
     chosen = select_backend(z.device, backend)
     if rng_state is not None:
         if step is not None or seed is not None or offset is not None:
@@ -435,7 +447,7 @@ def _langevin_step_checked(
         temperature,
         bias_correction,
         precondition,
-        prior_grad,
+        weight_decay,
     )
     if z.numel() == 0:
         return
@@ -458,7 +470,8 @@ def langevin_step_foreach_(
     temperature: float = 1.0,
     bias_correction: bool = True,
     precondition: bool = True,
-    prior_grad: bool = False,
+    prior_grad: bool | None = None,
+    weight_decay: float | None = None,
     seed: int | None = None,
     offset: int | None = None,
     rng_state: torch.Tensor | None = None,
@@ -480,7 +493,7 @@ def langevin_step_foreach_(
     vs : list of Tensor
         float32 second-moment states, ``vs[i]`` of ``zs[i]``'s shape; updated in place (untouched
         if ``precondition=False``).
-    step, step_size, beta, eps, temperature, bias_correction, precondition, prior_grad
+    step, step_size, beta, eps, temperature, bias_correction, precondition, weight_decay, prior_grad
         As in :func:`langevin_step_`, shared by all tensors.
     seed, offset : int
         Unsigned 64-bit noise key and the first tensor's counter; advance ``offset`` by
@@ -492,9 +505,11 @@ def langevin_step_foreach_(
     backend : str, optional
         ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"``; default: see :mod:`lpc_fast.dispatch`.
     """
+    if prior_grad is not None or weight_decay is None:
+        weight_decay = resolve_weight_decay(prior_grad, weight_decay)
     hit = None
     if rng_state is None and type(zs) in (list, tuple) and zs and isinstance(zs[0], _Tensor):
-        raw = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+        raw = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
         hit = _fast_lookup(_memo_foreach, "langevin_step_foreach_", zs[0], backend, step, seed, offset, raw)
     if hit is not None:
         # The kernels check every tensor (dtype, shape, device; the fake kernel that meta tensors
@@ -524,7 +539,7 @@ def langevin_step_foreach_(
         temperature=temperature,
         bias_correction=bias_correction,
         precondition=precondition,
-        prior_grad=prior_grad,
+        weight_decay=weight_decay,
         seed=seed,
         offset=offset,
         rng_state=rng_state,
@@ -544,7 +559,7 @@ def _langevin_step_foreach_checked(
     temperature,
     bias_correction,
     precondition,
-    prior_grad,
+    weight_decay,
     seed,
     offset,
     rng_state,
@@ -552,7 +567,7 @@ def _langevin_step_foreach_checked(
 ) -> None:
     """:func:`langevin_step_foreach_` with every argument checked in Python (fills the fast path's cache)."""
     _check_tensor_lists(zs, grads, vs)
-    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
     z0 = zs[0] if len(zs) else None
     if rng_state is not None:
         if step is not None or seed is not None or offset is not None:
@@ -577,7 +592,7 @@ def _langevin_step_foreach_checked(
         return
     chosen = select_backend(z0.device, backend)
     _remember("langevin_step_foreach_", z0.device, chosen, backend, hyper, step, seed, offset, step_size,
-              beta, eps, temperature, bias_correction, precondition, prior_grad)  # fmt: skip
+              beta, eps, temperature, bias_correction, precondition, weight_decay)  # fmt: skip
     if torch.is_grad_enabled():
         with torch.no_grad():
             chosen.step_foreach_(
@@ -613,7 +628,8 @@ def langevin_step(
     temperature: float = 1.0,
     bias_correction: bool = True,
     precondition: bool = True,
-    prior_grad: bool = False,
+    prior_grad: bool | None = None,
+    weight_decay: float | None = None,
     seed: int,
     offset: int,
     backend: str | None = None,
@@ -625,8 +641,9 @@ def langevin_step(
     is not differentiable. The backward is a fused kernel that regenerates the
     noise from ``(seed, offset)`` instead of storing it.
     """
+    weight_decay = resolve_weight_decay(prior_grad, weight_decay)
     _check_tensors(z, grad, v)
-    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    hyper = _check_hyper(step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
     _check_step(step)
     _check_u64("seed", seed)
     _check_u64("offset", offset)

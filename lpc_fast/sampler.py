@@ -25,8 +25,9 @@ Modes
 Closure contract
 ----------------
 ``closure()`` evaluates the energy at the current latents and returns it per chain, shape ``[B]`` (nats,
-``E = -log p(x, z)``), after filling every latent's ``.grad`` with ``dE/dz`` (the likelihood part only when
-``prior_grad=True``; the returned energies must always include the prior). It must zero or overwrite the
+``E = -log p(x, z)``), after filling every latent's ``.grad`` with ``dE/dz`` (without the Gaussian prior's
+part ``weight_decay * z`` when ``weight_decay`` is set, which the kernel adds; the returned energies must
+always include the prior). It must zero or overwrite the
 gradients itself, for example::
 
     def closure():
@@ -71,14 +72,16 @@ import lpc_fast
 from . import rng
 from .dispatch import BACKEND_NAMES, select_backend
 from .ops import _check_hyper, _check_real
+from .reference import resolve_weight_decay
 
 __all__ = ["MODES", "LangevinSampler", "SamplerDiagnostics"]
 
 MODES = ("preconditioned", "ula", "mala")
 _U64 = 2**64
 #: Per-group hyper-parameters (``step_size`` is accepted as an alias of ``lr``).
-_HYPER_KEYS = ("lr", "beta", "eps", "temperature", "bias_correction", "prior_grad")
-_GROUP_KEYS = (*_HYPER_KEYS, "step_size")
+_HYPER_KEYS = ("lr", "beta", "eps", "temperature", "bias_correction", "weight_decay")
+#: ``prior_grad`` is accepted as an alias of ``weight_decay`` (True is 1, False is 0).
+_GROUP_KEYS = (*_HYPER_KEYS, "step_size", "prior_grad")
 #: Keys torch's own tools put into parameter groups (schedulers, named parameters).
 _TORCH_GROUP_KEYS = ("initial_lr", "param_names")
 _get_hyper = itemgetter(*_HYPER_KEYS)
@@ -293,7 +296,7 @@ def _check_options(options: dict[str, Any]) -> None:
     mode = options["mode"]
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    for name in ("adapt_step_size", "bias_correction", "prior_grad", "record_diagnostics"):
+    for name in ("adapt_step_size", "bias_correction", "record_diagnostics"):
         if not isinstance(options[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(options[name]).__name__}")
     for name in ("adaptation_window", "max_history"):
@@ -322,6 +325,14 @@ def _resolve_lr(lr: Any, step_size: Any, where: str) -> tuple[str, Any]:
     if lr is not None and lr != step_size:
         raise ValueError(f"{where} gives both lr={lr!r} and step_size={step_size!r}: they are one setting")
     return "step_size", step_size
+
+
+def _resolve_weight_decay(prior_grad: Any, weight_decay: Any, where: str) -> Any:
+    """The prior precision given as ``weight_decay`` or its alias ``prior_grad`` (True is 1, False is 0)."""
+    try:
+        return resolve_weight_decay(prior_grad, weight_decay)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 class _Run:
@@ -372,6 +383,14 @@ class _Plan:
                 gs.append(g)
             out.append(gs)
         return out
+
+
+def _upgrade_group(group: dict[str, Any]) -> dict[str, Any]:
+    """A saved parameter group with ``prior_grad`` as one with the equivalent ``weight_decay``."""
+    group = dict(group)
+    prior_grad = group.pop("prior_grad")
+    group["weight_decay"] = resolve_weight_decay(bool(prior_grad), group.get("weight_decay"))
+    return group
 
 
 def _snapshot(groups: list[dict[str, Any]]) -> list[tuple]:
@@ -435,7 +454,7 @@ class LangevinSampler(torch.optim.Optimizer):
         The latent tensors (updated in place; plain tensors, tensors that require grad, or
         ``nn.Parameter``), or parameter groups ``{"params": [...], **overrides}`` where overrides may be
         any of ``lr`` (or its alias ``step_size``), ``beta``, ``eps``, ``temperature``,
-        ``bias_correction``, ``prior_grad``.
+        ``bias_correction``, ``weight_decay`` (or its alias ``prior_grad``).
     lr : float
         Langevin step size ``eta`` (``param_groups[i]["lr"]``, which schedulers change).
     step_size : float, optional
@@ -448,8 +467,12 @@ class LangevinSampler(torch.optim.Optimizer):
         ``tau``; 0 is deterministic predictive coding (not allowed in MALA).
     bias_correction : bool
         Divide ``v`` by ``1 - beta**t`` (``t`` = steps since the last :meth:`reset`).
-    prior_grad : bool
-        The gradients hold only the likelihood part; the kernel adds the N(0, I) prior gradient ``z``.
+    weight_decay : float
+        ``lambda >= 0``, the precision of a Gaussian prior N(0, I/lambda) on the latents: the kernel adds its
+        gradient ``lambda * z`` to ``.grad`` (``torch.optim``'s weight decay, read as a prior). Default 0:
+        the gradients already hold the whole energy's.
+    prior_grad : bool, optional
+        Alias: ``True`` is ``weight_decay=1`` (the N(0, I) prior of LPC), ``False`` is ``weight_decay=0``.
     seed : int, optional
         Unsigned 64-bit noise key. ``None`` (default) draws one from torch's default generator
         (:func:`lpc_fast.rng.draw_seed`): ``torch.manual_seed`` makes a run reproducible and two samplers
@@ -502,7 +525,8 @@ class LangevinSampler(torch.optim.Optimizer):
         eps: float = 1e-3,
         temperature: float = 1.0,
         bias_correction: bool = True,
-        prior_grad: bool = False,
+        weight_decay: float | None = None,
+        prior_grad: bool | None = None,
         seed: int | None = None,
         offset: int = 0,
         backend: str | None = None,
@@ -533,6 +557,7 @@ class LangevinSampler(torch.optim.Optimizer):
         if lr is None and step_size is None:
             raise TypeError("LangevinSampler needs lr, the Langevin step size eta (step_size= is an alias)")
         lr_name, lr = _resolve_lr(lr, step_size, "LangevinSampler")
+        weight_decay = _resolve_weight_decay(prior_grad, weight_decay, "LangevinSampler")
         _check_options(
             {k: v for k, v in locals().items() if k not in ("self", "params", "unknown", "__class__")}
         )
@@ -566,7 +591,7 @@ class LangevinSampler(torch.optim.Optimizer):
             "eps": eps,
             "temperature": temperature,
             "bias_correction": bias_correction,
-            "prior_grad": prior_grad,
+            "weight_decay": weight_decay,
         }
         super().__init__(items, defaults)
         self._lr_name = "lr"
@@ -613,6 +638,10 @@ class LangevinSampler(torch.optim.Optimizer):
             lr_name, group["lr"] = _resolve_lr(
                 group.get("lr"), group.pop("step_size"), f"parameter group {index}"
             )
+        if "prior_grad" in group:
+            group["weight_decay"] = _resolve_weight_decay(
+                group.pop("prior_grad"), group.get("weight_decay"), f"parameter group {index}"
+            )
         seen = {id(z) for g in self.param_groups for z in g["params"]}
         devices = {z.device for g in self.param_groups for z in g["params"]}
         for z in params:
@@ -654,7 +683,7 @@ class LangevinSampler(torch.optim.Optimizer):
             group["temperature"],
             group["bias_correction"],
             self.mode != "ula",
-            group["prior_grad"],
+            group["weight_decay"],
         )
         if self.mode == "mala" and not group["temperature"] > 0:
             raise ValueError("MALA needs temperature > 0 (temperature 0 is deterministic descent)")
@@ -686,7 +715,7 @@ class LangevinSampler(torch.optim.Optimizer):
             "temperature": float(group["temperature"]),
             "bias_correction": group["bias_correction"],
             "precondition": self.mode != "ula",
-            "prior_grad": group["prior_grad"],
+            "weight_decay": float(group["weight_decay"]),
         }
         if st["frozen"]:
             # beta = 1 without bias correction leaves v untouched: a fixed preconditioner.
@@ -916,8 +945,9 @@ class LangevinSampler(torch.optim.Optimizer):
             b = z.detach().to(torch.float64)
             ga = g0[i].to(torch.float64)
             gb = g1[i].to(torch.float64)
-            if group["prior_grad"]:
-                ga, gb = ga + a, gb + b
+            wd = float(group["weight_decay"])
+            if wd != 0.0:
+                ga, gb = ga + wd * a, gb + wd * b
             denom = 4.0 * eta * tau * p
             fwd = (b - a + eta * p * ga) ** 2 / denom
             rev = (a - b + eta * p * gb) ** 2 / denom
@@ -992,6 +1022,10 @@ class LangevinSampler(torch.optim.Optimizer):
             raise ValueError(f"state is for mode {extra['mode']!r}, this sampler is {self.mode!r}")
         lat = [z for _, z in self._latents()]
         saved_groups = state_dict["param_groups"]
+        if any("prior_grad" in g for g in saved_groups):
+            # A state saved before weight_decay existed: its prior_grad flag is weight_decay 0 or 1.
+            saved_groups = [_upgrade_group(g) for g in saved_groups]
+            state_dict = {**state_dict, "param_groups": saved_groups}
         if len(saved_groups) != len(self.param_groups) or any(
             len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)
         ):

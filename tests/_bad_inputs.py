@@ -16,8 +16,8 @@ import sys
 import textwrap
 
 # Hyper-parameters after ``step`` in the ops' schemas: step_size, beta, eps, temperature,
-# bias_correction, precondition, prior_grad.
-HYPER = "[1e-2, 0.99, 1e-3, 1.0, True, True, False]"
+# bias_correction, precondition, weight_decay.
+HYPER = "[1e-2, 0.99, 1e-3, 1.0, True, True, 0.0]"
 
 # name -> (devices, call, regex the RuntimeError must match). In ``call``: ops = torch.ops.lpc_fast,
 # z, g, v of shape (4, 4) on the device, h the hyper-parameters, D the device.

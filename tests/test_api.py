@@ -39,6 +39,10 @@ def _zgv(n=8, dtype=torch.float32):
         (dict(offset=-3), ValueError, r"offset must be in \[0, 2\*\*64\)"),
         (dict(seed=1.0), TypeError, r"seed must be an int"),
         (dict(precondition=1), TypeError, r"precondition must be a bool"),
+        (dict(prior_grad=1), TypeError, r"prior_grad must be a bool"),
+        (dict(weight_decay=-0.5), ValueError, r"weight_decay \(.*precision\) must be >= 0"),
+        (dict(weight_decay=float("inf")), ValueError, r"weight_decay must be finite"),
+        (dict(prior_grad=True, weight_decay=2.0), ValueError, r"prior_grad=True and weight_decay=2.0 dis"),
         (dict(backend="gpu"), ValueError, r"backend must be one of triton, cuda, cpu, reference"),
     ],
 )

@@ -12,6 +12,11 @@ for the foreach op (two tensors: the second draws its noise ``ceil(n1 / 4)`` cou
 * a frozen preconditioner (``beta = 1``, ``bias_correction=False``) with a per-element non-zero
   ``v_i = (0.25 + 0.5 i)**2``: ``p_i = 1 / (eps + 0.25 + 0.5 i)``, ``v' = v`` bit for bit; with and
   without ``prior_grad``.
+* ``weight_decay = lambda`` (a Gaussian prior of precision ``lambda != 1``), the same three settings:
+  the drive is ``s = g + lambda z``; without preconditioning
+  ``z' = (1 - eta lambda) z - eta g + sqrt(2 eta tau) xi``.
+* the backward of the ULA step with ``weight_decay = lambda``: ``z'`` is affine in ``(z, g)``, so the
+  vector-Jacobian product of a cotangent ``a`` is ``((1 - eta lambda) a, -eta a)``.
 
 Tolerances: float64 kernels compute in double (only the operation order differs from the formula):
 1e-10. float32 kernels compute in float32 with normals accurate to ~1e-6 relative: 2e-5 (see
@@ -30,6 +35,7 @@ import lpc_fast
 
 SEED, OFFSET = 2**40 + 3, 2**32 - 2  # the offset carries into the high counter word
 ETA, TAU, EPS, BETA = 0.05, 0.7, 1e-3, 0.9
+LAM = 2.5  # weight_decay: a prior precision other than 1 (eta * LAM = 0.125)
 N1, N2 = 37, 10  # foreach: a second tensor of another size
 
 
@@ -50,16 +56,17 @@ def _expect(case: str, z: list[float], g: list[float], v: list[float], xi: list[
     """The closed form of each case, element by element."""
     zn, vn = [], []
     for zi, gi, vi, x in zip(z, g, v, xi):
-        if case == "prior-pre-step1":
-            s = gi + zi
+        lam = LAM if case.startswith("wd-") or case == "frozen-wd" else 1.0
+        if case in ("prior-pre-step1", "wd-pre-step1"):
+            s = gi + lam * zi
             p = 1.0 / (EPS + abs(s))
             zn.append(zi - ETA * p * s + math.sqrt(2.0 * ETA * TAU * p) * x)
             vn.append((1.0 - BETA) * s * s)
-        elif case == "prior-ula":
-            zn.append((1.0 - ETA) * zi - ETA * gi + math.sqrt(2.0 * ETA * TAU) * x)
+        elif case in ("prior-ula", "wd-ula"):
+            zn.append((1.0 - ETA * lam) * zi - ETA * gi + math.sqrt(2.0 * ETA * TAU) * x)
             vn.append(vi)
         else:  # frozen v, with or without the prior's gradient
-            s = gi + zi if case == "frozen-prior" else gi
+            s = gi + lam * zi if case in ("frozen-prior", "frozen-wd") else gi
             p = 1.0 / (EPS + math.sqrt(vi))
             zn.append(zi - ETA * p * s + math.sqrt(2.0 * ETA * TAU * p) * x)
             vn.append(vi)
@@ -71,13 +78,16 @@ CASES = {
     "prior-ula": dict(step=4, beta=BETA, precondition=False, prior_grad=True),
     "frozen": dict(step=6, beta=1.0, bias_correction=False, precondition=True, prior_grad=False),
     "frozen-prior": dict(step=6, beta=1.0, bias_correction=False, precondition=True, prior_grad=True),
+    "wd-pre-step1": dict(step=1, beta=BETA, bias_correction=True, precondition=True, weight_decay=LAM),
+    "wd-ula": dict(step=4, beta=BETA, precondition=False, weight_decay=LAM),
+    "frozen-wd": dict(step=6, beta=1.0, bias_correction=False, precondition=True, weight_decay=LAM),
 }
 
 
 def _state(case: str, n: int):
     if case.startswith("frozen"):
         return [(0.25 + 0.5 * i) ** 2 for i in range(n)]  # per element, never 0
-    if case == "prior-ula":
+    if case in ("prior-ula", "wd-ula"):
         return [0.1 * i for i in range(n)]  # must come back untouched
     return [0.0] * n
 
@@ -112,10 +122,30 @@ def test_single_step_closed_form(backend, dtype, case, op):
         torch.testing.assert_close(
             zs[k].double(), torch.tensor(z_want, dtype=torch.float64), rtol=rtol, atol=atol
         )
-        if case == "prior-pre-step1":
+        if case in ("prior-pre-step1", "wd-pre-step1"):
             # v' = (1 - beta) s**2 is computed in the compute type and stored as float32.
             torch.testing.assert_close(
                 vs[k].double(), torch.tensor(v_want, dtype=torch.float64), rtol=2e-6, atol=1e-7
             )
         else:
             assert torch.equal(vs[k], v_before[k]), "a frozen (or unused) preconditioner must not change"
+
+
+@pytest.mark.parametrize("backend", cpu_backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ula_weight_decay_backward_closed_form(backend, dtype):
+    z, g = _inputs(N1, shift=0.2)
+    a = [math.cos(2.1 * i) for i in range(N1)]  # the cotangent of z'
+    zt = torch.tensor(z, dtype=dtype, requires_grad=True)
+    gt = torch.tensor(g, dtype=dtype, requires_grad=True)
+    v = torch.zeros(N1)
+    z_new, _ = lpc_fast.langevin_step(
+        zt, gt, v, step=2, step_size=ETA, temperature=TAU, precondition=False, weight_decay=LAM,
+        seed=SEED, offset=OFFSET, backend=backend,
+    )  # fmt: skip
+    grad_z, grad_g = torch.autograd.grad(z_new, (zt, gt), torch.tensor(a, dtype=dtype))
+    rtol, atol = TOLERANCES[dtype]
+    want_z = torch.tensor([(1.0 - ETA * LAM) * ai for ai in a], dtype=torch.float64)
+    want_g = torch.tensor([-ETA * ai for ai in a], dtype=torch.float64)
+    torch.testing.assert_close(grad_z.double(), want_z, rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad_g.double(), want_g, rtol=rtol, atol=atol)

@@ -68,7 +68,7 @@ DEFAULT_HP = dict(
     temperature=0.7,
     bias_correction=True,
     precondition=True,
-    prior_grad=False,
+    weight_decay=0.0,
 )
 
 
@@ -113,7 +113,7 @@ def _op_args(hp, seed, offset):
         hp["temperature"],
         hp["bias_correction"],
         hp["precondition"],
-        hp["prior_grad"],
+        hp["weight_decay"],
         _u64(seed),
         _u64(offset),
     )
@@ -127,7 +127,7 @@ def _state_args(hp):
         hp["temperature"],
         hp["bias_correction"],
         hp["precondition"],
-        hp["prior_grad"],
+        hp["weight_decay"],
     )
 
 
@@ -216,13 +216,15 @@ def test_forward_matches_reference(dtype, shape, contiguous):
 
 
 FLAG_CASES = [
-    dict(precondition=True, prior_grad=False, bias_correction=True),
-    dict(precondition=True, prior_grad=True, bias_correction=True),
-    dict(precondition=True, prior_grad=False, bias_correction=False),
-    dict(precondition=False, prior_grad=False, bias_correction=True),
-    dict(precondition=False, prior_grad=True, bias_correction=False),
-    dict(precondition=True, prior_grad=True, bias_correction=False, temperature=0.0),
-    dict(precondition=True, prior_grad=False, bias_correction=True, step=1, beta=0.99),
+    dict(precondition=True, weight_decay=0.0, bias_correction=True),
+    dict(precondition=True, weight_decay=1.0, bias_correction=True),
+    dict(precondition=True, weight_decay=0.37, bias_correction=True),
+    dict(precondition=True, weight_decay=0.0, bias_correction=False),
+    dict(precondition=False, weight_decay=0.0, bias_correction=True),
+    dict(precondition=False, weight_decay=1.0, bias_correction=False),
+    dict(precondition=False, weight_decay=2.5, bias_correction=False),
+    dict(precondition=True, weight_decay=1.0, bias_correction=False, temperature=0.0),
+    dict(precondition=True, weight_decay=0.0, bias_correction=True, step=1, beta=0.99),
 ]
 
 
@@ -318,7 +320,7 @@ def test_backward_flags(simd_level, dtype, flags, with_gv):
 
 def test_backward_subgradient_at_zero():
     """s = 0 and v = 0 give q = 0: dq/ds is taken as 0 and the gradients stay finite."""
-    hp = {**DEFAULT_HP, "prior_grad": True}
+    hp = {**DEFAULT_HP, "weight_decay": 1.0}
     z = torch.tensor([0.0, 1.0, -2.0], dtype=torch.float64)
     grad = -z.clone()  # s = grad + z = 0
     v = torch.zeros(3, dtype=torch.float32)

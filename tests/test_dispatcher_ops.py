@@ -10,7 +10,7 @@ import lpc_fast
 from lpc_fast import _schemas, reference, rng
 from lpc_fast.dispatch import get_backend
 
-SCALARS = (0.05, 0.9, 1e-3, 0.7, True, True, True)  # step_size, beta, eps, temperature, bc, pc, prior
+SCALARS = (0.05, 0.9, 1e-3, 0.7, True, True, 0.37)  # step_size, beta, eps, temperature, bc, pc, wd
 
 
 def test_reference_backward_formula_equals_autograd_of_the_forward():
@@ -21,9 +21,9 @@ def test_reference_backward_formula_equals_autograd_of_the_forward():
     v = torch.rand(300, dtype=torch.float64, generator=gen) + 0.01  # q > 0: smooth everywhere
     xi = torch.randn(300, dtype=torch.float64, generator=gen)
     for precondition in (True, False):
-        for prior_grad in (True, False):
+        for weight_decay in (1.0, 0.0, 0.37):
             kw = dict(step=4, step_size=0.03, beta=0.95, eps=1e-3, temperature=0.6)
-            kw.update(precondition=precondition, prior_grad=prior_grad)
+            kw.update(precondition=precondition, weight_decay=weight_decay)
             zn, vn = reference.langevin_update(z, g, v, xi, **kw)
             a = torch.randn(300, dtype=torch.float64, generator=gen)
             b = torch.randn(300, dtype=torch.float64, generator=gen)
@@ -35,9 +35,9 @@ def test_reference_backward_formula_equals_autograd_of_the_forward():
 
 
 @pytest.mark.parametrize("backend", cpu_backend_params())
-@pytest.mark.parametrize("prior_grad", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 1.0, 2.5])
 @pytest.mark.parametrize("precondition", [True, False])
-def test_gradcheck_float64_at_fixed_seed_and_offset(backend, prior_grad, precondition):
+def test_gradcheck_float64_at_fixed_seed_and_offset(backend, weight_decay, precondition):
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(23, dtype=torch.float64, generator=gen, requires_grad=True)
     g = torch.randn(23, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -52,7 +52,7 @@ def test_gradcheck_float64_at_fixed_seed_and_offset(backend, prior_grad, precond
             step_size=0.05,
             beta=0.9,
             temperature=0.7,
-            prior_grad=prior_grad,
+            weight_decay=weight_decay,
             precondition=precondition,
             seed=11,
             offset=2**32 - 2,

@@ -191,6 +191,11 @@ def test_bad_lists_are_named():
         (dict(seed=-1), ValueError, r"seed must be in \[0, 2\*\*64\)"),
         (dict(offset=2**64), ValueError, r"offset must be in \[0, 2\*\*64\)"),
         (dict(prior_grad=1), TypeError, r"prior_grad must be a bool"),
+        (dict(weight_decay=-0.5), ValueError, r"weight_decay \(.*precision\) must be >= 0"),
+        (dict(weight_decay=float("nan")), ValueError, r"weight_decay must be finite"),
+        (dict(weight_decay="1"), TypeError, r"weight_decay must be a real number"),
+        (dict(prior_grad=True, weight_decay=0.5), ValueError, r"prior_grad=True and weight_decay=0.5 dis"),
+        (dict(prior_grad=False, weight_decay=1.0), ValueError, r"prior_grad=False and weight_decay=1.0"),
     ],
 )
 def test_bad_scalars_are_named_as_for_the_single_op(change, exc, match):

@@ -485,3 +485,67 @@ def test_sampler_steps_equal_the_single_op_per_tensor_bit_for_bit(backend, mode)
         for z, t in zip(zs, twins):
             assert torch.equal(z, t)
     assert sampler.offset == offset
+
+
+# -- weight_decay: a Gaussian prior of precision lambda added in the kernel ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["ula", "preconditioned"])
+def test_weight_decay_is_the_prior_gradient_added_to_grad(mode):
+    """weight_decay=lambda (per group) steps like weight_decay=0 with grad + lambda z, same noise.
+
+    float64 latents; v is float32 state, so the preconditioned chains agree to its rounding (1e-6)."""
+    g = torch.Generator().manual_seed(8)
+    a, b = (
+        torch.randn(6, 4, generator=g, dtype=torch.float64),
+        torch.randn(9, generator=g, dtype=torch.float64),
+    )
+    a2, b2 = a.clone(), b.clone()
+    groups = [{"params": [a]}, {"params": [b], "weight_decay": 0.3}]
+    with_wd = LangevinSampler(groups, lr=0.05, mode=mode, weight_decay=4.0, seed=17)
+    by_hand = LangevinSampler([a2, b2], lr=0.05, mode=mode, seed=17)
+    assert [grp["weight_decay"] for grp in with_wd.param_groups] == [4.0, 0.3]
+    for _ in range(4):
+        grads = [torch.randn(z.shape, generator=g, dtype=torch.float64) for z in (a, b)]
+        a.grad, b.grad = grads[0].clone(), grads[1].clone()
+        a2.grad, b2.grad = grads[0] + 4.0 * a2, grads[1] + 0.3 * b2
+        with_wd.step()
+        by_hand.step()
+        tol = 1e-12 if mode == "ula" else 1e-6
+        torch.testing.assert_close(a, a2, rtol=tol, atol=tol)
+        torch.testing.assert_close(b, b2, rtol=tol, atol=tol)
+
+
+def test_prior_grad_is_an_alias_of_weight_decay_one():
+    z = torch.zeros(3)
+    assert LangevinSampler([z], lr=0.1, prior_grad=True).param_groups[0]["weight_decay"] == 1.0
+    assert LangevinSampler([z], lr=0.1, prior_grad=False).param_groups[0]["weight_decay"] == 0.0
+    assert LangevinSampler([z], lr=0.1).param_groups[0]["weight_decay"] == 0.0
+    assert LangevinSampler([z], lr=0.1, prior_grad=True, weight_decay=1.0).defaults["weight_decay"] == 1.0
+    sampler = LangevinSampler([{"params": [z], "prior_grad": True}], lr=0.1, weight_decay=0.5)
+    assert sampler.param_groups[0]["weight_decay"] == 1.0 and "prior_grad" not in sampler.param_groups[0]
+    with pytest.raises(ValueError, match=r"LangevinSampler: prior_grad=True and weight_decay=0.5 disagree"):
+        LangevinSampler([z], lr=0.1, prior_grad=True, weight_decay=0.5)
+    groups = [{"params": [z]}, {"params": [torch.zeros(2)], "prior_grad": False, "weight_decay": 2.0}]
+    with pytest.raises(
+        ValueError, match=r"parameter group 1: prior_grad=False and weight_decay=2.0 disagree"
+    ):
+        LangevinSampler(groups, lr=0.1)
+    with pytest.raises(ValueError, match=r"weight_decay \(.*precision\) must be >= 0"):
+        LangevinSampler([z], lr=0.1, weight_decay=-1.0)
+    with pytest.raises(TypeError, match=r"prior_grad must be a bool"):
+        LangevinSampler([z], lr=0.1, prior_grad="yes")
+
+
+def test_a_state_saved_with_prior_grad_loads_as_weight_decay():
+    """A state_dict whose groups carry the older prior_grad flag restores as weight_decay 0 / 1."""
+    z, w = torch.zeros(4), torch.zeros(2)
+    sampler = LangevinSampler([{"params": [z]}, {"params": [w]}], lr=0.1, seed=3)
+    state = sampler.state_dict()
+    for grp, flag in zip(state["param_groups"], (True, False)):
+        del grp["weight_decay"]
+        grp["prior_grad"] = flag
+    fresh = LangevinSampler([{"params": [z]}, {"params": [w]}], lr=0.1, seed=9, weight_decay=0.25)
+    fresh.load_state_dict(state)
+    assert [grp["weight_decay"] for grp in fresh.param_groups] == [1.0, 0.0]
+    assert all("prior_grad" not in grp for grp in fresh.param_groups)

@@ -46,7 +46,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'lpc_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_FLOAT_PARAMS = ("eta", "beta", "omb", "eps", "ns")
+_FLOAT_PARAMS = ("eta", "beta", "omb", "eps", "ns", "wd")
 _PTR = {"f16": "*fp16", "bf16": "*bf16", "f32": "*fp32", "f64": "*fp64"}
 _UPDATE_INTS = ("n", "seed", "offset", "step")
 _FLAG_TAGS = {

@@ -176,8 +176,8 @@ __device__ __forceinline__ int chunk_count(int64_t base, int64_t n, int ept) {
 // Per-call scalars of a step. With `state` non-null the kernel takes seed, offset and step from
 // device memory (capturable mode) and derives the bias correction itself.
 struct StepArgs {
-  double step_size, beta, eps, temperature;
-  bool bias_correction, precondition, prior_grad;
+  double step_size, beta, eps, temperature, weight_decay;
+  bool bias_correction, precondition;
   int64_t step;
   uint64_t seed, offset;
   const int64_t* state;  // [seed, offset, step] or null
@@ -197,7 +197,7 @@ __device__ __forceinline__ StepCoeffs<C> resolve(const StepArgs& a, uint64_t& se
     step = a.state[2];
   }
   const double c = a.precondition ? bias_correction_factor(a.beta, step, a.bias_correction) : 1.0;
-  return make_step_coeffs<C>(a.step_size, a.beta, a.eps, a.temperature, c);
+  return make_step_coeffs<C>(a.step_size, a.beta, a.eps, a.temperature, c, a.weight_decay);
 }
 
 // The forward update of the `count` elements of one sub-chunk starting at `base`: the body that
@@ -477,8 +477,8 @@ cudaError_t launch_backward_typed(const void* gz, const float* gv, const void* z
   return cudaGetLastError();
 }
 
-// Instantiates F<S, precondition, prior_grad> for the runtime flags (both are hot-loop branches
-// that would otherwise be evaluated per element).
+// Instantiates F<S, precondition, prior_grad = (weight_decay != 0)> for the runtime flags (both are
+// hot-loop branches that would otherwise be evaluated per element).
 template <typename S, template <typename, bool, bool> class F, typename... A>
 cudaError_t dispatch_flags(bool precondition, bool prior_grad, A&&... a) {
   if (precondition) {
@@ -527,7 +527,7 @@ StepArgs make_args(const StepParams& p, int64_t step, uint64_t seed, uint64_t of
   a.temperature = p.temperature;
   a.bias_correction = p.bias_correction;
   a.precondition = p.precondition;
-  a.prior_grad = p.prior_grad;
+  a.weight_decay = p.weight_decay;
   a.step = step;
   a.seed = seed;
   a.offset = offset;
@@ -546,8 +546,8 @@ cudaError_t launch_forward(const void* z, const void* grad, const float* v, void
                            int64_t step, uint64_t seed, uint64_t offset, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const StepArgs args = make_args(params, step, seed, offset, nullptr);
-  return dispatch<StepLauncher>(kind, params.precondition, params.prior_grad, z, grad, v, z_out,
-                                v_out, n, args, stream);
+  return dispatch<StepLauncher>(kind, params.precondition, params.weight_decay != 0.0, z, grad, v,
+                                z_out, v_out, n, args, stream);
 }
 
 cudaError_t launch_step_inplace(void* z, const void* grad, float* v, int64_t n, ScalarKind kind,
@@ -567,7 +567,7 @@ cudaError_t launch_step_state_inplace(void* z, const void* grad, float* v, int64
   const StepArgs args = make_args(params, 0, 0, 0, state);
   const void* zc = z;
   const cudaError_t err =
-      dispatch<StepLauncher>(kind, params.precondition, params.prior_grad, zc, grad,
+      dispatch<StepLauncher>(kind, params.precondition, params.weight_decay != 0.0, zc, grad,
                              static_cast<const float*>(v), z, v, n, args, stream);
   if (err != cudaSuccess) return err;
   advance_state_kernel<<<1, 1, 0, stream>>>(state, philox_offset_increment(n));
@@ -578,12 +578,12 @@ namespace {
 cudaError_t launch_foreach_table(const ForeachTable& table, int blocks, const StepParams& p,
                                  const StepArgs& args, cudaStream_t stream) {
   if (p.precondition) {
-    if (p.prior_grad) {
+    if (p.weight_decay != 0.0) {
       foreach_kernel<true, true><<<blocks, kThreads, 0, stream>>>(table, args);
     } else {
       foreach_kernel<true, false><<<blocks, kThreads, 0, stream>>>(table, args);
     }
-  } else if (p.prior_grad) {
+  } else if (p.weight_decay != 0.0) {
     foreach_kernel<false, true><<<blocks, kThreads, 0, stream>>>(table, args);
   } else {
     foreach_kernel<false, false><<<blocks, kThreads, 0, stream>>>(table, args);
@@ -658,8 +658,9 @@ cudaError_t launch_backward(const void* grad_z_new, const float* grad_v_new, con
                             uint64_t seed, uint64_t offset, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const StepArgs args = make_args(params, step, seed, offset, nullptr);
-  return dispatch<BackwardLauncher>(kind, params.precondition, params.prior_grad, grad_z_new,
-                                    grad_v_new, z, grad, v, grad_z, grad_grad, n, args, stream);
+  return dispatch<BackwardLauncher>(kind, params.precondition, params.weight_decay != 0.0,
+                                    grad_z_new, grad_v_new, z, grad, v, grad_z, grad_grad, n, args,
+                                    stream);
 }
 
 cudaError_t launch_philox_normal(void* out, int64_t n, ScalarKind kind, uint64_t seed,

@@ -28,7 +28,7 @@ struct StepParams {
   double temperature = 1.0;
   bool bias_correction = true;
   bool precondition = true;
-  bool prior_grad = false;
+  double weight_decay = 0.0;  // lambda in s = grad + lambda z; the term is skipped at 0
 };
 
 // z <- z', v <- v' in place, with step, seed and offset given by the host.

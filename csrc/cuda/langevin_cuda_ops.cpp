@@ -74,7 +74,7 @@ void check_bias_corr(double beta, int64_t step, bool bias_correction, bool preco
 }
 
 StepParams make_params(double step_size, double beta, double eps, double temperature,
-                       bool bias_correction, bool precondition, bool prior_grad) {
+                       bool bias_correction, bool precondition, double weight_decay) {
   StepParams p;
   p.step_size = step_size;
   p.beta = beta;
@@ -82,7 +82,7 @@ StepParams make_params(double step_size, double beta, double eps, double tempera
   p.temperature = temperature;
   p.bias_correction = bias_correction;
   p.precondition = precondition;
-  p.prior_grad = prior_grad;
+  p.weight_decay = weight_decay;
   return p;
 }
 
@@ -98,7 +98,7 @@ uint64_t as_u64(int64_t x) { return static_cast<uint64_t>(x); }
 
 void langevin_step_(at::Tensor z, const at::Tensor& grad, at::Tensor v, int64_t step,
                     double step_size, double beta, double eps, double temperature,
-                    bool bias_correction, bool precondition, bool prior_grad, int64_t seed,
+                    bool bias_correction, bool precondition, double weight_decay, int64_t seed,
                     int64_t offset) {
   check_step_inputs(z, grad, v);
   check_bias_corr(beta, step, bias_correction, precondition);
@@ -108,11 +108,11 @@ void langevin_step_(at::Tensor z, const at::Tensor& grad, at::Tensor v, int64_t 
   const at::Tensor gc = grad.contiguous();
   at::Tensor vc = v.contiguous();
   check_launch(
-      launch_step_inplace(
-          zc.mutable_data_ptr(), gc.const_data_ptr(), vc.mutable_data_ptr<float>(), z.numel(),
-          scalar_kind(z.scalar_type()),
-          make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad),
-          step, as_u64(seed), as_u64(offset), c10::cuda::getCurrentCUDAStream()),
+      launch_step_inplace(zc.mutable_data_ptr(), gc.const_data_ptr(), vc.mutable_data_ptr<float>(),
+                          z.numel(), scalar_kind(z.scalar_type()),
+                          make_params(step_size, beta, eps, temperature, bias_correction,
+                                      precondition, weight_decay),
+                          step, as_u64(seed), as_u64(offset), c10::cuda::getCurrentCUDAStream()),
       "langevin_step_");
   if (!zc.is_same(z)) z.copy_(zc);
   if (precondition && !vc.is_same(v)) v.copy_(vc);
@@ -120,7 +120,7 @@ void langevin_step_(at::Tensor z, const at::Tensor& grad, at::Tensor v, int64_t 
 
 void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at::Tensor state,
                           double step_size, double beta, double eps, double temperature,
-                          bool bias_correction, bool precondition, bool prior_grad) {
+                          bool bias_correction, bool precondition, double weight_decay) {
   check_step_inputs(z, grad, v);
   check_cuda_tensor(state, "state", z);
   LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
@@ -135,14 +135,15 @@ void langevin_step_state_(at::Tensor z, const at::Tensor& grad, at::Tensor v, at
   const at::Tensor gc = grad.contiguous();
   at::Tensor vc = v.contiguous();
   // An empty z still advances the state (offset += 0, step += 1), like the CPU kernel.
-  check_launch(
-      launch_step_state_inplace(
-          zc.numel() ? zc.mutable_data_ptr() : nullptr, gc.numel() ? gc.const_data_ptr() : nullptr,
-          vc.numel() ? vc.mutable_data_ptr<float>() : nullptr, state.mutable_data_ptr<int64_t>(),
-          z.numel(), scalar_kind(z.scalar_type()),
-          make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad),
-          c10::cuda::getCurrentCUDAStream()),
-      "langevin_step_state_");
+  check_launch(launch_step_state_inplace(zc.numel() ? zc.mutable_data_ptr() : nullptr,
+                                         gc.numel() ? gc.const_data_ptr() : nullptr,
+                                         vc.numel() ? vc.mutable_data_ptr<float>() : nullptr,
+                                         state.mutable_data_ptr<int64_t>(), z.numel(),
+                                         scalar_kind(z.scalar_type()),
+                                         make_params(step_size, beta, eps, temperature,
+                                                     bias_correction, precondition, weight_decay),
+                                         c10::cuda::getCurrentCUDAStream()),
+               "langevin_step_state_");
   if (!zc.is_same(z)) z.copy_(zc);
   if (precondition && !vc.is_same(v)) v.copy_(vc);
 }
@@ -151,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_fwd(const at::Tensor& z, const at::T
                                                 const at::Tensor& v, int64_t step, double step_size,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
-                                                bool prior_grad, int64_t seed, int64_t offset) {
+                                                double weight_decay, int64_t seed, int64_t offset) {
   check_step_inputs(z, grad, v);
   check_bias_corr(beta, step, bias_correction, precondition);
   const c10::cuda::CUDAGuard guard(z.device());
@@ -164,12 +165,12 @@ std::tuple<at::Tensor, at::Tensor> langevin_fwd(const at::Tensor& z, const at::T
   const at::Tensor gc = grad.contiguous();
   const at::Tensor vc = v.contiguous();
   check_launch(
-      launch_forward(
-          zc.const_data_ptr(), gc.const_data_ptr(), vc.const_data_ptr<float>(),
-          z_new.mutable_data_ptr(), v_new.mutable_data_ptr<float>(), z.numel(),
-          scalar_kind(z.scalar_type()),
-          make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad),
-          step, as_u64(seed), as_u64(offset), c10::cuda::getCurrentCUDAStream()),
+      launch_forward(zc.const_data_ptr(), gc.const_data_ptr(), vc.const_data_ptr<float>(),
+                     z_new.mutable_data_ptr(), v_new.mutable_data_ptr<float>(), z.numel(),
+                     scalar_kind(z.scalar_type()),
+                     make_params(step_size, beta, eps, temperature, bias_correction, precondition,
+                                 weight_decay),
+                     step, as_u64(seed), as_u64(offset), c10::cuda::getCurrentCUDAStream()),
       "langevin_fwd");
   return {z_new, v_new};
 }
@@ -180,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
                                                 const at::Tensor& v, int64_t step, double step_size,
                                                 double beta, double eps, double temperature,
                                                 bool bias_correction, bool precondition,
-                                                bool prior_grad, int64_t seed, int64_t offset) {
+                                                double weight_decay, int64_t seed, int64_t offset) {
   check_step_inputs(z, grad, v);
   check_cuda_tensor(grad_z_new, "grad_z_new", z);
   LPC_CHECK(grad_z_new.sizes() == z.sizes(), "lpc_fast: grad_z_new must have z's shape ", z.sizes(),
@@ -206,13 +207,13 @@ std::tuple<at::Tensor, at::Tensor> langevin_bwd(const at::Tensor& grad_z_new,
   const at::Tensor gc = grad.contiguous();
   const at::Tensor vc = v.contiguous();
   check_launch(
-      launch_backward(
-          gzc.const_data_ptr(), gvc.defined() ? gvc.const_data_ptr<float>() : nullptr,
-          zc.const_data_ptr(), gc.const_data_ptr(), vc.const_data_ptr<float>(),
-          grad_z.mutable_data_ptr(), grad_grad.mutable_data_ptr(), z.numel(),
-          scalar_kind(z.scalar_type()),
-          make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad),
-          step, as_u64(seed), as_u64(offset), c10::cuda::getCurrentCUDAStream()),
+      launch_backward(gzc.const_data_ptr(), gvc.defined() ? gvc.const_data_ptr<float>() : nullptr,
+                      zc.const_data_ptr(), gc.const_data_ptr(), vc.const_data_ptr<float>(),
+                      grad_z.mutable_data_ptr(), grad_grad.mutable_data_ptr(), z.numel(),
+                      scalar_kind(z.scalar_type()),
+                      make_params(step_size, beta, eps, temperature, bias_correction, precondition,
+                                  weight_decay),
+                      step, as_u64(seed), as_u64(offset), c10::cuda::getCurrentCUDAStream()),
       "langevin_bwd");
   return {grad_z, grad_grad};
 }
@@ -274,18 +275,18 @@ void step_foreach(at::TensorList zs, at::TensorList grads, at::TensorList vs, in
 void langevin_step_foreach_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
                             int64_t step, double step_size, double beta, double eps,
                             double temperature, bool bias_correction, bool precondition,
-                            bool prior_grad, int64_t seed, int64_t offset) {
+                            double weight_decay, int64_t seed, int64_t offset) {
   if (zs.empty() && grads.empty() && vs.empty()) return;
   step_foreach(
       zs, grads, vs, step,
-      make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad),
+      make_params(step_size, beta, eps, temperature, bias_correction, precondition, weight_decay),
       as_u64(seed), as_u64(offset), nullptr);
 }
 
 void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::TensorList vs,
                                   at::Tensor state, double step_size, double beta, double eps,
                                   double temperature, bool bias_correction, bool precondition,
-                                  bool prior_grad) {
+                                  double weight_decay) {
   LPC_CHECK(state.is_cuda(), "lpc_fast CUDA kernel: state must be a CUDA tensor, got ",
             state.device());
   LPC_CHECK(state.scalar_type() == at::kLong, "lpc_fast: state must be int64, got ",
@@ -296,8 +297,8 @@ void langevin_step_foreach_state_(at::TensorList zs, at::TensorList grads, at::T
   LPC_CHECK(state.is_contiguous(), "lpc_fast: state must be contiguous");
   step_foreach(
       zs, grads, vs, 0,
-      make_params(step_size, beta, eps, temperature, bias_correction, precondition, prior_grad), 0,
-      0, &state);
+      make_params(step_size, beta, eps, temperature, bias_correction, precondition, weight_decay),
+      0, 0, &state);
 }
 
 void philox_normal_(at::Tensor out, int64_t seed, int64_t offset) {

@@ -1,8 +1,9 @@
 // The per-element Langevin update of LPC.md §2 and its exact backward, for host and device.
 //
 // These are lpc_fast/reference.py's formulas, element by element, in a compute type T (float for
-// float16 / bfloat16 / float32 tensors, double for float64). With s = grad + z if prior_grad else
-// grad:
+// float16 / bfloat16 / float32 tensors, double for float64). With the drive
+// s = grad + weight_decay z (a Gaussian prior of precision weight_decay; weight_decay = 1 is the
+// N(0, I) prior of LPC, and the term is skipped, not multiplied by 0, when weight_decay = 0):
 //   preconditioned:  v' = beta v + (1 - beta) s^2,  q = sqrt(c v'),  p = 1 / (eps + q)
 //   plain ULA:       p = 1, v' = v (state untouched)
 //   z' = z - step_size p s + sqrt(2 step_size temperature p) noise
@@ -14,8 +15,7 @@
 //   dp/ds = -p^2 dq/ds
 //   dz'/ds = -step_size (p + s dp/ds) + sqrt(2 step_size temperature) noise dp/ds / (2 sqrt(p))
 //   dv'/ds = 2 (1 - beta) s
-//   grad_s = gz' dz'/ds + gv' dv'/ds;  grad_grad = grad_s;  grad_z = gz' + (prior_grad ? grad_s :
-//   0)
+//   grad_s = gz' dz'/ds + gv' dv'/ds;  grad_grad = grad_s;  grad_z = gz' + weight_decay grad_s
 //
 // Kernels compute the scalar coefficients once per call with make_step_coeffs (in double, then
 // rounded to T, as the reference does in Python floats) and call the per-element functions.
@@ -45,11 +45,12 @@ struct StepCoeffs {
   T noise_var;           // 2 eta temperature: the noise variance before preconditioning
   T noise_scale;         // sqrt(2 eta temperature), used by the backward
   T two_one_minus_beta;  // 2 (1 - beta) = dv'/ds / s
+  T weight_decay;        // lambda in s = grad + lambda z (= ds/dz)
 };
 
 template <typename T>
 LPC_HD StepCoeffs<T> make_step_coeffs(double step_size, double beta, double eps, double temperature,
-                                      double bias_corr) {
+                                      double bias_corr, double weight_decay) {
   StepCoeffs<T> k;
   k.step_size = static_cast<T>(step_size);
   k.beta = static_cast<T>(beta);
@@ -59,22 +60,24 @@ LPC_HD StepCoeffs<T> make_step_coeffs(double step_size, double beta, double eps,
   k.noise_var = static_cast<T>(2.0 * step_size * temperature);
   k.noise_scale = static_cast<T>(sqrt(2.0 * step_size * temperature));
   k.two_one_minus_beta = static_cast<T>(2.0 * (1.0 - beta));
+  k.weight_decay = static_cast<T>(weight_decay);
   return k;
 }
 
-// The drive s: the energy gradient, plus the N(0, I) prior's gradient z when prior_grad.
+// The drive s: the energy gradient, plus the Gaussian prior's gradient lambda z when prior_grad
+// (that is, when weight_decay != 0).
 template <typename T>
-LPC_HD T langevin_drive(T z, T grad, bool prior_grad) {
-  return prior_grad ? grad + z : grad;
+LPC_HD T langevin_drive(T z, T grad, const StepCoeffs<T>& k, bool prior_grad) {
+  return prior_grad ? grad + k.weight_decay * z : grad;
 }
 
 // Forward of one element. v and v_new are the float32 state; the update itself runs in T.
-// precondition and prior_grad are usually compile-time constants at the call site, so the
-// branches fold away after inlining.
+// precondition and prior_grad (weight_decay != 0) are usually compile-time constants at the call
+// site, so the branches fold away after inlining.
 template <typename T>
 LPC_HD void langevin_forward(T z, T grad, float v, T noise, const StepCoeffs<T>& k,
                              bool precondition, bool prior_grad, T& z_new, float& v_new) {
-  const T s = langevin_drive(z, grad, prior_grad);
+  const T s = langevin_drive(z, grad, k, prior_grad);
   T p = T(1);
   v_new = v;
   if (precondition) {
@@ -90,7 +93,7 @@ LPC_HD void langevin_forward(T z, T grad, float v, T noise, const StepCoeffs<T>&
 template <typename T>
 LPC_HD void langevin_backward(T gz, T gv, T z, T grad, float v, T noise, const StepCoeffs<T>& k,
                               bool precondition, bool prior_grad, T& grad_z, T& grad_grad) {
-  const T s = langevin_drive(z, grad, prior_grad);
+  const T s = langevin_drive(z, grad, k, prior_grad);
   T grad_s;
   if (precondition) {
     const T vn = k.beta * static_cast<T>(v) + k.one_minus_beta * s * s;
@@ -107,7 +110,7 @@ LPC_HD void langevin_backward(T gz, T gv, T z, T grad, float v, T noise, const S
     grad_s = -k.step_size * gz;
   }
   grad_grad = grad_s;
-  grad_z = prior_grad ? gz + grad_s : gz;
+  grad_z = prior_grad ? gz + k.weight_decay * grad_s : gz;
 }
 
 }  // namespace lpc_fast

@@ -98,7 +98,7 @@ def _tables_for(zc, gc, vc, device: torch.device, block: int) -> tuple[torch.Ten
 
 
 def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, block: int | None) -> None:
-    step_size, beta, eps, temperature, bias_correction, precondition, prior_grad = hyper
+    step_size, beta, eps, temperature, bias_correction, precondition, weight_decay = hyper
     if not any(z.numel() for z in zs):
         return
     device = zs[0].device
@@ -120,11 +120,11 @@ def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, bloc
         launch._check_int64("seed", seed),
         launch._check_int64("offset", offset),
         step,
-        *launch._scalar_args(step_size, beta, eps, temperature),
+        *launch._scalar_args(step_size, beta, eps, temperature, weight_decay),
         BLOCK=block,
         BIAS_CORRECTION=bool(bias_correction) and bool(precondition),
         PRECONDITION=bool(precondition),
-        PRIOR_GRAD=bool(prior_grad),
+        PRIOR_GRAD=float(weight_decay) != 0.0,
         USE_STATE=state is not None,
     )
     for z, v, z_c, v_c in zip(zs, vs, zc, vc):
@@ -145,7 +145,7 @@ def langevin_step_foreach_(
     temperature: float,
     bias_correction: bool,
     precondition: bool,
-    prior_grad: bool,
+    weight_decay: float,
     seed: int,
     offset: int,
     *,
@@ -153,7 +153,7 @@ def langevin_step_foreach_(
 ) -> None:
     """Update every ``(zs[i], vs[i])`` in place with one launch (see the module docstring)."""
     _check_lists(zs, grads, vs)
-    hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    hyper = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
     _launch_foreach(zs, grads, vs, None, seed, offset, step, hyper, block)
 
 
@@ -168,7 +168,7 @@ def langevin_step_foreach_state_(
     temperature: float,
     bias_correction: bool,
     precondition: bool,
-    prior_grad: bool,
+    weight_decay: float,
     *,
     block: int | None = None,
 ) -> None:
@@ -177,7 +177,7 @@ def langevin_step_foreach_state_(
     _check_lists(zs, grads, vs)
     if zs:
         launch._check_state(state, zs[0])
-    hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
+    hyper = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
     _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
     _, total = rng.foreach_offsets(0, [z.numel() for z in zs])
     launch._launch_on(state.device, kernels.advance_state_kernel, (1,), None, state, total)

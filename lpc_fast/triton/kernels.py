@@ -149,16 +149,18 @@ def _update(
     omb,
     eps,
     ns,
+    wd,
     F64: tl.constexpr,
     PRECONDITION: tl.constexpr,
     PRIOR_GRAD: tl.constexpr,
 ):
     """The forward update of one tile (lpc_fast.reference.langevin_update): ``(z_new, v_new)``.
 
-    Without ``PRECONDITION`` ``v`` is not read and ``v_new`` is ``v``.
+    Without ``PRECONDITION`` ``v`` is not read and ``v_new`` is ``v``. ``PRIOR_GRAD`` adds the
+    Gaussian prior's gradient ``wd * z`` (``wd`` = weight_decay != 0) to the drive.
     """
     if PRIOR_GRAD:
-        s = g + z
+        s = g + wd * z
     else:
         s = g
     if PRECONDITION:
@@ -198,6 +200,8 @@ def langevin_fwd_kernel(
     eps_lo,
     ns_hi,
     ns_lo,
+    wd_hi,
+    wd_lo,
     BLOCK: tl.constexpr,
     F64: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr,
@@ -211,7 +215,7 @@ def langevin_fwd_kernel(
     With ``USE_STATE`` the seed, offset and step are read from the int64 tensor
     ``state = [seed, offset, step]`` (the scalar arguments are ignored); the state
     is advanced by a separate kernel launched after this one.
-    ``omb = 1 - beta`` and ``ns = sqrt(2 * step_size * temperature)``.
+    ``omb = 1 - beta``, ``ns = sqrt(2 * step_size * temperature)`` and ``wd = weight_decay``.
     """
     pid = tl.program_id(0)
     if USE_STATE:
@@ -228,17 +232,18 @@ def langevin_fwd_kernel(
     omb = _cvt(_f64(omb_hi, omb_lo), F64)
     eps = _cvt(_f64(eps_hi, eps_lo), F64)
     ns = _cvt(_f64(ns_hi, ns_lo), F64)
+    wd = _cvt(_f64(wd_hi, wd_lo), F64)
 
     noise = _normals(seed, offset, pid, BLOCK, F64)
     z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
     g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
     if PRECONDITION:
         v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, F64, True, PRIOR_GRAD)
+        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, wd, F64, True, PRIOR_GRAD)
         if STORE_V:
             tl.store(v_out_ptr + offs, v_new.to(tl.float32), mask=mask)
     else:
-        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, F64, False, PRIOR_GRAD)
+        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, wd, F64, False, PRIOR_GRAD)
         if STORE_V:
             tl.store(v_out_ptr + offs, tl.load(v_ptr + offs, mask=mask, other=0.0), mask=mask)
     tl.store(z_out_ptr + offs, z_new.to(z_out_ptr.dtype.element_ty), mask=mask)
@@ -278,6 +283,8 @@ def langevin_bwd_kernel(
     eps_lo,
     ns_hi,
     ns_lo,
+    wd_hi,
+    wd_lo,
     BLOCK: tl.constexpr,
     F64: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr,
@@ -290,6 +297,7 @@ def langevin_bwd_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n
     eta = _cvt(_f64(eta_hi, eta_lo), F64)
+    wd = _cvt(_f64(wd_hi, wd_lo), F64)
     gz = _cvt(tl.load(gz_ptr + offs, mask=mask, other=0.0), F64)
     if PRECONDITION:
         beta64 = _f64(beta_hi, beta_lo)
@@ -303,7 +311,7 @@ def langevin_bwd_kernel(
         g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
         v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
         if PRIOR_GRAD:
-            s = g + z
+            s = g + wd * z
         else:
             s = g
         v_new = beta * v + omb * s * s
@@ -321,7 +329,7 @@ def langevin_bwd_kernel(
     else:
         grad_s = -eta * gz
     if PRIOR_GRAD:
-        grad_z = gz + grad_s
+        grad_z = gz + wd * grad_s  # ds/dz = wd
     else:
         grad_z = gz
     tl.store(grad_z_ptr + offs, grad_z.to(grad_z_ptr.dtype.element_ty), mask=mask)
@@ -369,6 +377,7 @@ def _foreach_tile(
     omb64,
     eps64,
     ns64,
+    wd64,
     DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
     F64: tl.constexpr,
@@ -387,15 +396,16 @@ def _foreach_tile(
     omb = _cvt(omb64, F64)
     eps = _cvt(eps64, F64)
     ns = _cvt(ns64, F64)
+    wd = _cvt(wd64, F64)
     noise = _normals(seed, offset, blk, BLOCK, F64)
     z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
     g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
     if PRECONDITION:
         v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, F64, True, PRIOR_GRAD)
+        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, wd, F64, True, PRIOR_GRAD)
         tl.store(v_ptr + offs, v_new.to(tl.float32), mask=mask)
     else:
-        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, F64, False, PRIOR_GRAD)
+        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, wd, F64, False, PRIOR_GRAD)
     tl.store(z_ptr + offs, z_new.to(DTYPE), mask=mask)
 
 
@@ -417,6 +427,8 @@ def langevin_foreach_kernel(
     eps_lo,
     ns_hi,
     ns_lo,
+    wd_hi,
+    wd_lo,
     BLOCK: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr,
     PRECONDITION: tl.constexpr,
@@ -452,16 +464,17 @@ def langevin_foreach_kernel(
     omb64 = _f64(omb_hi, omb_lo)
     eps64 = _f64(eps_hi, eps_lo)
     ns64 = _f64(ns_hi, ns_lo)
+    wd64 = _f64(wd_hi, wd_lo)
     # Pointer element types must be compile-time constants: one branch per dtype (_DTYPE_CODES).
     if code == 0:
         _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.float32, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+                      eps64, ns64, wd64, tl.float32, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
     elif code == 1:
         _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.float64, BLOCK, True, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+                      eps64, ns64, wd64, tl.float64, BLOCK, True, PRECONDITION, PRIOR_GRAD)  # fmt: skip
     elif code == 2:
         _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.float16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+                      eps64, ns64, wd64, tl.float16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
     else:
         _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
-                      eps64, ns64, tl.bfloat16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip
+                      eps64, ns64, wd64, tl.bfloat16, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip

@@ -110,7 +110,9 @@ def _split(name: str, x: float) -> tuple[float, float]:
     return hi, lo
 
 
-def _scalar_args(step_size: float, beta: float, eps: float, temperature: float) -> tuple[float, ...]:
+def _scalar_args(
+    step_size: float, beta: float, eps: float, temperature: float, weight_decay: float
+) -> tuple[float, ...]:
     if temperature < 0 or step_size < 0:
         raise ValueError(f"step_size and temperature must be >= 0, got {step_size} and {temperature}")
     noise_scale = math.sqrt(2.0 * float(step_size) * float(temperature))
@@ -120,6 +122,7 @@ def _scalar_args(step_size: float, beta: float, eps: float, temperature: float) 
         *_split("1 - beta", 1.0 - float(beta)),
         *_split("eps", eps),
         *_split("sqrt(2*step_size*temperature)", noise_scale),
+        *_split("weight_decay", weight_decay),
     )
 
 
@@ -155,12 +158,15 @@ def _contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _fwd_meta(z: torch.Tensor, bias_correction: bool, precondition: bool, prior_grad: bool) -> dict[str, Any]:
+def _fwd_meta(
+    z: torch.Tensor, bias_correction: bool, precondition: bool, weight_decay: float
+) -> dict[str, Any]:
     return {
         "F64": z.dtype == torch.float64,
         "BIAS_CORRECTION": bool(bias_correction) and bool(precondition),
         "PRECONDITION": bool(precondition),
-        "PRIOR_GRAD": bool(prior_grad),
+        # The prior term is compiled out at weight_decay = 0 (s = grad exactly, whatever z holds).
+        "PRIOR_GRAD": float(weight_decay) != 0.0,
     }
 
 
@@ -175,7 +181,7 @@ def langevin_step_(
     temperature: float,
     bias_correction: bool,
     precondition: bool,
-    prior_grad: bool,
+    weight_decay: float,
     seed: int,
     offset: int,
     *,
@@ -204,10 +210,10 @@ def langevin_step_(
         _check_int64("seed", seed),
         _check_int64("offset", offset),
         step,
-        *_scalar_args(step_size, beta, eps, temperature),
+        *_scalar_args(step_size, beta, eps, temperature, weight_decay),
         USE_STATE=False,
         STORE_V=bool(precondition),
-        **_fwd_meta(z, bias_correction, precondition, prior_grad),
+        **_fwd_meta(z, bias_correction, precondition, weight_decay),
     )
     if not z.is_contiguous():
         z.copy_(zc)
@@ -226,7 +232,7 @@ def langevin_step_state_(
     temperature: float,
     bias_correction: bool,
     precondition: bool,
-    prior_grad: bool,
+    weight_decay: float,
     *,
     block: int | None = None,
     wrap: Wrap = None,
@@ -258,10 +264,10 @@ def langevin_step_state_(
             0,
             0,
             0,
-            *_scalar_args(step_size, beta, eps, temperature),
+            *_scalar_args(step_size, beta, eps, temperature, weight_decay),
             USE_STATE=True,
             STORE_V=bool(precondition),
-            **_fwd_meta(z, bias_correction, precondition, prior_grad),
+            **_fwd_meta(z, bias_correction, precondition, weight_decay),
         )
         if not z.is_contiguous():
             z.copy_(zc)
@@ -282,7 +288,7 @@ def langevin_fwd(
     temperature: float,
     bias_correction: bool,
     precondition: bool,
-    prior_grad: bool,
+    weight_decay: float,
     seed: int,
     offset: int,
     *,
@@ -312,10 +318,10 @@ def langevin_fwd(
         _check_int64("seed", seed),
         _check_int64("offset", offset),
         step,
-        *_scalar_args(step_size, beta, eps, temperature),
+        *_scalar_args(step_size, beta, eps, temperature, weight_decay),
         USE_STATE=False,
         STORE_V=True,
-        **_fwd_meta(z, bias_correction, precondition, prior_grad),
+        **_fwd_meta(z, bias_correction, precondition, weight_decay),
     )
     return z_new, v_new
 
@@ -333,7 +339,7 @@ def langevin_bwd(
     temperature: float,
     bias_correction: bool,
     precondition: bool,
-    prior_grad: bool,
+    weight_decay: float,
     seed: int,
     offset: int,
     *,
@@ -370,9 +376,9 @@ def langevin_bwd(
         _check_int64("seed", seed),
         _check_int64("offset", offset),
         step,
-        *_scalar_args(step_size, beta, eps, temperature),
+        *_scalar_args(step_size, beta, eps, temperature, weight_decay),
         HAS_GV=grad_v_new is not None,
-        **_fwd_meta(z, bias_correction, precondition, prior_grad),
+        **_fwd_meta(z, bias_correction, precondition, weight_decay),
     )
     return grad_z, grad_grad
 

@@ -37,14 +37,16 @@ RNG_CASES = [
 ]
 SIZES = [1, 3, 4, 5, 4099, 2**20 + 3]
 SHAPES = [(1,), (7,), (3, 37), (257, 129)]
-# (precondition, prior_grad, bias_correction, beta, temperature): the paper's method, the prior
-# gradient in-kernel, plain ULA, deterministic PC (temperature 0), a frozen preconditioner.
+# (precondition, weight_decay, bias_correction, beta, temperature): the paper's method, the N(0, I)
+# prior gradient in-kernel (weight_decay 1), plain ULA, ULA with a weight-decay prior, deterministic
+# PC (temperature 0), a frozen preconditioner with a weight-decay prior.
 FLAG_CASES = [
-    (True, False, True, 0.99, 1.0),
-    (True, True, True, 0.99, 1.0),
-    (False, False, True, 0.99, 1.0),
-    (True, False, False, 0.9, 0.0),
-    (True, True, False, 1.0, 0.5),
+    (True, 0.0, True, 0.99, 1.0),
+    (True, 1.0, True, 0.99, 1.0),
+    (False, 0.0, True, 0.99, 1.0),
+    (False, 2.5, True, 0.99, 1.0),
+    (True, 0.0, False, 0.9, 0.0),
+    (True, 0.37, False, 1.0, 0.5),
 ]
 
 
@@ -111,7 +113,7 @@ def test_cuda_stream_ops_on_strided_outputs():
 
 
 def _flag_hyper(flags):
-    precondition, prior_grad, bias_correction, beta, temperature = flags
+    precondition, weight_decay, bias_correction, beta, temperature = flags
     return dict(
         step_size=HYPER["step_size"],
         beta=beta,
@@ -119,7 +121,7 @@ def _flag_hyper(flags):
         temperature=temperature,
         bias_correction=bias_correction,
         precondition=precondition,
-        prior_grad=prior_grad,
+        weight_decay=weight_decay,
     )
 
 
@@ -188,7 +190,7 @@ def test_cuda_dispatcher_fwd_matches_reference(dtype, layout, flags):
     seed, offset, step = 2**64 - 5, 2**33 + 1, 4
     z_exp, v_exp = oracle_forward(z, g, v, step=step, seed=seed, offset=offset, **hyper)
     args = [hyper[k] for k in ("step_size", "beta", "eps", "temperature", "bias_correction")]
-    args += [hyper["precondition"], hyper["prior_grad"]]
+    args += [hyper["precondition"], hyper["weight_decay"]]
     z_new, v_new = torch.ops.lpc_fast.langevin_fwd(
         z, g, v, step, *args, rng.to_int64(seed), rng.to_int64(offset)
     )
@@ -244,7 +246,7 @@ def test_cuda_dispatcher_bwd_matches_reference(dtype, layout, with_gv):
     hyper = _flag_hyper(FLAG_CASES[1])
     seed, offset, step = 77, 123, 5
     args = [hyper[k] for k in ("step_size", "beta", "eps", "temperature", "bias_correction")]
-    args += [hyper["precondition"], hyper["prior_grad"]]
+    args += [hyper["precondition"], hyper["weight_decay"]]
     grad_z, grad_grad = torch.ops.lpc_fast.langevin_bwd(gz, gv, z, g, v, step, *args, seed, offset)
     exp_z, exp_g = oracle_backward(gz, gv, z, g, v, step=step, seed=seed, offset=offset, **hyper)
     assert grad_z.dtype == dtype and grad_grad.dtype == dtype
@@ -263,7 +265,7 @@ def test_cuda_ops_pass_opcheck():
     z, g, v = make_inputs((8, 9), torch.float32, "contiguous", seed=8)
     hyper = _flag_hyper(FLAG_CASES[0])
     h = [hyper[k] for k in ("step_size", "beta", "eps", "temperature", "bias_correction")]
-    h += [hyper["precondition"], hyper["prior_grad"]]
+    h += [hyper["precondition"], hyper["weight_decay"]]
     ops = torch.ops.lpc_fast
     state = lpc_fast.make_rng_state(3, offset=10, step=2, device=DEVICE)
     torch.library.opcheck(ops.langevin_fwd.default, (z, g, v, 2, *h, 3, 10))
