@@ -63,21 +63,25 @@ def plain_context() -> bool:
 
 
 def plain_tensors(tensors) -> bool:
-    """Whether ``tensors`` (``None`` entries allowed) may skip the op: plain types, not meta,
-    nothing for autograd to record, not under CUDA-graph capture."""
-    grad = _grad_enabled()
-    cuda = False
-    for t in tensors:
-        if t is None:
-            continue
-        kind = type(t)
-        if (kind is not _Tensor and kind is not _Parameter) or t.is_meta:
-            return False
-        if grad and t.requires_grad:
-            return False
-        if t.is_cuda:
-            cuda = True
-    return not (cuda and capturing())
+    """Whether ``tensors`` (``None`` entries allowed, the first a tensor) may skip the op: plain
+    types, nothing for autograd to record, the first not a meta tensor and not on a CUDA stream
+    that is capturing. (The kernels require one device for all: the first tensor stands for all.)"""
+    if _grad_enabled():
+        for t in tensors:
+            if t is not None:
+                kind = type(t)
+                if (kind is not _Tensor and kind is not _Parameter) or t.requires_grad:
+                    return False
+    else:
+        for t in tensors:
+            if t is not None:
+                kind = type(t)
+                if kind is not _Tensor and kind is not _Parameter:
+                    return False
+    first = tensors[0]
+    if first.is_meta:
+        return False
+    return not (first.is_cuda and capturing())
 
 
 def bypass(name: str, op: Callable[..., Any], kernel: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,15 +116,14 @@ def bypass(name: str, op: Callable[..., Any], kernel: Callable[..., Any]) -> Cal
                 return op(*a, **kw)
             tensors = [a[i] for i in single]
             for i in lists:
-                tensors.extend(a[i])
-            if not plain_tensors(tensors):
+                tensors += a[i]
+            if not tensors or not plain_tensors(tensors):
                 return op(*a, **kw)
             out = kernel(*a)
-            mutated = [a[i] for i in written_single]
+            if written_single:
+                _increment_version([a[i] for i in written_single])
             for i in written_lists:
-                mutated.extend(a[i])
-            if mutated:
-                _increment_version(mutated)
+                _increment_version(a[i])
             return out
 
     call.__name__ = call.__qualname__ = name

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from . import _schemas
-from .triton import interpreter_enabled
+from .triton._interpret import interpreter_enabled
 
 __all__ = [
     "BACKEND_NAMES",

@@ -66,9 +66,7 @@ from typing import Any
 
 import torch
 
-import lpc_fast
-
-from . import rng
+from . import ops, rng
 from .dispatch import BACKEND_NAMES, select_backend
 from .ops import _check_hyper, _check_real
 
@@ -99,11 +97,11 @@ def _fused_update(
     """One fused Langevin step of every tensor, one kernel launch; tensor ``i`` draws the noise at
     ``offset + Σ_{j<i} offset_increment(zs[j].numel())`` (the sampler's one call into the kernels)."""
     if len(zs) == 1:
-        lpc_fast.langevin_step_(
+        ops.langevin_step_(
             zs[0], grads[0], vs[0], step=step, seed=seed, offset=offset, backend=backend, **hyper
         )
     else:
-        lpc_fast.langevin_step_foreach_(
+        ops.langevin_step_foreach_(
             zs, grads, vs, step=step, seed=seed, offset=offset, backend=backend, **hyper
         )
 

@@ -114,8 +114,9 @@ def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
         calls.append(("foreach", len(zs), kw["offset"]))
         return foreach(zs, grads, vs, **kw)
 
-    monkeypatch.setattr(lpc_fast, "langevin_step_", counting_single)
-    monkeypatch.setattr(lpc_fast, "langevin_step_foreach_", counting_foreach)
+    # The sampler calls the ops through lpc_fast.ops (which lpc_fast re-exports).
+    monkeypatch.setattr(lpc_fast.ops, "langevin_step_", counting_single)
+    monkeypatch.setattr(lpc_fast.ops, "langevin_step_foreach_", counting_foreach)
     a, b, c = torch.zeros(4, 2), torch.zeros(9), torch.zeros(3)
     sampler = LangevinSampler([{"params": [a, b]}, {"params": [c], "step_size": 0.2}], step_size=0.1)
     for _ in range(3):

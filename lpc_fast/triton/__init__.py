@@ -6,8 +6,9 @@ dispatcher ops that :func:`load_ops` registers from the op table
 (:mod:`lpc_fast._schemas`) with the launchers of :mod:`lpc_fast.triton.launch`.
 Importing this package does not import Triton.
 
-Modules, in import order (none imports :mod:`lpc_fast.dispatch` or a module after it):
-``kernels`` (the ``@triton.jit`` code), ``foreach`` (the foreach op's device tables),
+Modules, in import order (none imports :mod:`lpc_fast.dispatch`, this package or a module after
+it): ``_interpret`` (whether the interpreter is on), ``kernels`` (the ``@triton.jit`` code),
+``foreach`` (the foreach op's device tables),
 ``launch`` (every host launcher and the one launch site), ``ops`` (dispatcher registration and
 the eager bypass of the dispatcher).
 
@@ -18,15 +19,11 @@ which needs ``TRITON_INTERPRET=1`` in the environment before Python starts.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
+from ._interpret import interpreter_enabled
+
 __all__ = ["interpreter_enabled", "load_ops"]
-
-
-def interpreter_enabled() -> bool:
-    """Whether ``TRITON_INTERPRET`` is set (Triton reads it when it is first imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 def load_ops() -> ModuleType:

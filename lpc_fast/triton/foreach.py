@@ -43,12 +43,15 @@ _TENSOR_COLUMNS = 6  # z address, grad address, v address, numel, relative offse
 _tables: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, int, int]] = OrderedDict()
 
 
-def tables_for(zc, gc, vc, device: torch.device, block: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def tables_for(
+    zc, gc, vc, device: torch.device, block: int, key: list | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """``(tensor table, program table, programs, total offset increment)`` for contiguous lists,
-    from the cache when the same tensors (addresses, sizes, dtypes) come again."""
-    key = (device, block) + tuple(
-        (z.data_ptr(), g.data_ptr(), v.data_ptr(), z.numel(), z.dtype) for z, g, v in zip(zc, gc, vc)
-    )
+    from the cache when the same tensors (addresses, sizes, dtypes) come again. ``key``: the
+    per-tensor ``(z, grad, v addresses, numel, dtype)`` when the caller has them already."""
+    if key is None:
+        key = [(z.data_ptr(), g.data_ptr(), v.data_ptr(), z.numel(), z.dtype) for z, g, v in zip(zc, gc, vc)]
+    key = (device, block, *key)
     hit = _tables.get(key)
     if hit is not None:
         _tables.move_to_end(key)

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 import triton
 
-from . import foreach, interpreter_enabled, kernels
+from . import foreach, kernels
+from ._interpret import interpreter_enabled
 
 __all__ = [
     "CPU_BLOCK",
@@ -483,20 +484,58 @@ def _check_lists(zs, grads, vs) -> None:
             raise ValueError(f"zs[{i}] must be on zs[0]'s device {device}, got {z.device}")
 
 
+_F32 = torch.float32
+
+
+def _prepare_lists(zs, grads, vs, device: torch.device) -> tuple[list, list, list, list, int]:
+    """One pass over the lists (each call costs per tensor): ``(zc, gc, vc, key, largest numel)``
+    with contiguous versions of the tensors and the table-cache key of their addresses, sizes and
+    dtypes. A tensor that fails the quick checks re-runs :func:`_check_lists` for the message."""
+    if len(grads) != len(zs) or len(vs) != len(zs):
+        _check_lists(zs, grads, vs)
+    zc, gc, vc, key = [], [], [], []
+    largest = 0
+    for z, g, v in zip(zs, grads, vs):
+        dtype = z.dtype
+        shape = z.shape
+        if (
+            dtype not in _FLOAT_DTYPES
+            or g.dtype is not dtype
+            or v.dtype is not _F32
+            or g.shape != shape
+            or v.shape != shape
+            or z.device != device
+            or g.device != device
+            or v.device != device
+        ):
+            _check_lists(zs, grads, vs)
+        if not z.is_contiguous():
+            z = z.contiguous()
+        if not g.is_contiguous():
+            g = g.contiguous()
+        if not v.is_contiguous():
+            v = v.contiguous()
+        n = z.numel()
+        largest = max(largest, n)
+        zc.append(z)
+        gc.append(g)
+        vc.append(v)
+        key.append((z.data_ptr(), g.data_ptr(), v.data_ptr(), n, dtype))
+    return zc, gc, vc, key, largest
+
+
 def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, block: int | None) -> int:
-    """Launch the foreach kernel; returns the total offset increment of the tensors."""
+    """Check the lists and launch the foreach kernel; returns the total offset increment."""
     step_size, beta, eps, temperature, bias_correction, precondition, prior_grad = hyper
     device = zs[0].device
+    zc, gc, vc, key, largest = _prepare_lists(zs, grads, vs, device)
     if block is None:
-        block = default_block(device, max(z.numel() for z in zs))
+        block = default_block(device, largest)
     else:
         block = int(block)
         if block < 4 or block & (block - 1):
             raise ValueError(f"block must be a power of two >= 4, got {block}")
-    zc = [_contig(z) for z in zs]
-    gc = [_contig(g) for g in grads]
-    vc = [_contig(v) for v in vs]
-    tensors, programs, count, total = foreach.tables_for(zc, gc, vc, device, block)
+    tensors, programs, count, total = foreach.tables_for(zc, gc, vc, device, block, key)
     if count == 0:  # every tensor is empty
         return total
     scalars, meta = _bound(
@@ -539,8 +578,9 @@ def langevin_step_foreach_(
     block: int | None = None,
 ) -> None:
     """Update every ``(zs[i], vs[i])`` in place with one launch (:mod:`lpc_fast.triton.foreach`)."""
-    _check_lists(zs, grads, vs)
-    if zs:
+    if not zs:
+        _check_lists(zs, grads, vs)
+    else:
         hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
         _launch_foreach(zs, grads, vs, None, seed, offset, step, hyper, block)
 
@@ -562,9 +602,10 @@ def langevin_step_foreach_state_(
 ) -> None:
     """Capturable variant: reads ``[seed, offset, step]`` from ``state``, then advances it by the
     sum of the tensors' increments and one step (a second one-program launch, as for one tensor)."""
-    _check_lists(zs, grads, vs)
     total = 0
-    if zs:
+    if not zs:
+        _check_lists(zs, grads, vs)
+    else:
         _check_state(state, zs[0])
         hyper = (step_size, beta, eps, temperature, bias_correction, precondition, prior_grad)
         total = _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
