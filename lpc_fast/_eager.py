@@ -127,6 +127,6 @@ def bypass(name: str, op: Callable[..., Any], kernel: Callable[..., Any]) -> Cal
             return out
 
     call.__name__ = call.__qualname__ = name
-    call.op = op  # type: ignore[attr-defined]
+    call.dispatcher_op = op  # type: ignore[attr-defined]
     call.kernel = kernel  # type: ignore[attr-defined]
     return call
