@@ -61,25 +61,35 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from . import ops, rng
-from .dispatch import BACKEND_NAMES, select_backend
+from ._schemas import HYPER_NAMES
+from .dispatch import BACKEND_NAMES, _context_stack, env_request, select_backend
 from .ops import _check_hyper, _check_real
 
 __all__ = ["MODES", "LangevinSampler", "SamplerDiagnostics"]
 
 MODES = ("preconditioned", "ula", "mala")
 _U64 = 2**64
+_I64_LIMIT = 2**63
+#: Backends whose kernels check the tensors themselves (the direct call of a run relies on it).
+_CHECKING_BACKENDS = ("cpu", "cuda", "triton")
 #: Per-group hyper-parameters (``step_size`` is accepted as an alias of ``lr``).
 _HYPER_KEYS = ("lr", "beta", "eps", "temperature", "bias_correction", "prior_grad")
 _GROUP_KEYS = (*_HYPER_KEYS, "step_size")
 #: Keys torch's own tools put into parameter groups (schedulers, named parameters).
 _TORCH_GROUP_KEYS = ("initial_lr", "param_names")
-_get_hyper = itemgetter(*_HYPER_KEYS)
+
+
+def _get_hyper(g: dict[str, Any]) -> tuple:
+    # An explicit tuple (as fast as an itemgetter, which torch.compile cannot trace).
+    return (g["lr"], g["beta"], g["eps"], g["temperature"], g["bias_correction"], g["prior_grad"])
+
+
 _LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -338,7 +348,7 @@ def _resolve_lr(lr: Any, step_size: Any, where: str) -> tuple[str, Any]:
 class _Run:
     """Consecutive latents that share one fused call: device, step count, frozen flag and hyper-parameters."""
 
-    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key")
+    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key", "direct")
 
     def __init__(self, key: tuple, step: int, freeze_at: int | None, hyper: dict[str, Any]) -> None:
         self.key = key
@@ -349,6 +359,9 @@ class _Run:
         self.freeze_at = freeze_at
         self.counters = 0
         self.hyper = hyper
+        #: (use_backend context, LPC_FAST_BACKEND value, the backend's op, hyper-parameters in schema
+        #: order): the op this run calls while the selection inputs are the same objects (see step).
+        self.direct: tuple | None = None
 
 
 class _Plan:
@@ -366,8 +379,12 @@ class _Plan:
 
     def grads(self, groups: list[dict[str, Any]], settings: tuple) -> list[list[torch.Tensor]] | None:
         """Each run's gradients, or ``None`` when the plan no longer describes this step."""
-        if settings != self.settings or _snapshot(groups) != self.snapshot:
+        snapshot = self.snapshot
+        if settings != self.settings or len(groups) != len(snapshot):
             return None
+        for g, (hyper, ids) in zip(groups, snapshot):  # _snapshot(groups) != snapshot, without building it
+            if _get_hyper(g) != hyper or tuple(map(id, g["params"])) != ids:
+                return None
         for z in self.idle:
             if z.grad is not None:
                 return None
@@ -387,8 +404,6 @@ class _Plan:
 
 def _snapshot(groups: list[dict[str, Any]]) -> list[tuple]:
     """What a plan depends on in the parameter groups: hyper-parameter values and tensor identities."""
-    if torch.compiler.is_compiling():  # the same values, written as torch.compile can trace them
-        return [(tuple(g[k] for k in _HYPER_KEYS), tuple(id(p) for p in g["params"])) for g in groups]
     return [(_get_hyper(g), tuple(map(id, g["params"]))) for g in groups]
 
 
@@ -415,8 +430,6 @@ def _lean_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run_with_hooks(step: Callable[..., Any], self: Any, args: tuple, kwargs: dict) -> Any:
-    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
-
     if _global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
         for pre_hook in chain(_global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
             result = pre_hook(self, args, kwargs)
@@ -884,20 +897,47 @@ class LangevinSampler(torch.optim.Optimizer):
             plan = self._build_plan()
             grads = [[z.grad for z in run.zs] for run in plan.runs]
         noise, backend = self._noise, self.backend
+        seed = noise.seed
+        seed64 = seed - _U64 if seed >= _I64_LIMIT else seed
+        ctx = _context_stack[-1] if _context_stack else None
+        env = env_request()
+        compiling = torch.compiler.is_compiling()
         for run, gs in zip(plan.runs, grads):
             s = run.step = run.step + 1
             for st in run.states:
                 st["step"] = s
-            _fused_update(
-                run.zs,
-                gs,
-                run.vs,
-                step=s,
-                seed=noise.seed,
-                offset=noise.reserve(run.counters),
-                backend=backend,
-                hyper=run.hyper,
-            )
+            # The run's op called directly while the backend selection's inputs (backend=, the
+            # use_backend() context, LPC_FAST_BACKEND) are the objects it was chosen for: what the
+            # public op's fast path does, without its per-call argument handling. The plan's
+            # hyper-parameters are validated; the kernels check the tensors.
+            zs, vs = run.zs, run.vs
+            offset = noise.reserve(run.counters)
+            direct = run.direct
+            if direct is not None and direct[0] is ctx and direct[1] is env and not compiling:
+                args = (zs[0], gs[0], vs[0]) if len(zs) == 1 else (zs, gs, vs)
+                args += (s, *direct[3], seed64, offset - _U64 if offset >= _I64_LIMIT else offset)
+                try:
+                    if torch.is_grad_enabled():
+                        with torch.no_grad():
+                            direct[2](*args)
+                    else:
+                        direct[2](*args)
+                    continue
+                except (RuntimeError, TypeError, ValueError):
+                    pass  # the public op below names the bad argument
+            if len(zs) == 1:
+                ops.langevin_step_(zs[0], gs[0], vs[0], step=s, seed=seed, offset=offset, backend=backend,
+                                   **run.hyper)  # fmt: skip
+                name = "langevin_step_"
+            else:
+                ops.langevin_step_foreach_(zs, gs, vs, step=s, seed=seed, offset=offset, backend=backend,
+                                           **run.hyper)  # fmt: skip
+                name = "langevin_step_foreach_"
+            if not compiling:
+                chosen = select_backend(zs[0].device, backend)
+                if chosen.name in _CHECKING_BACKENDS:
+                    hyper = tuple(run.hyper[k] for k in HYPER_NAMES)
+                    run.direct = (ctx, env, chosen._op(name), hyper)
         if self.record_diagnostics:
             self.diagnostics.record(energies, [g for gs in grads for g in gs])
         return energies

@@ -487,14 +487,16 @@ def _check_lists(zs, grads, vs) -> None:
 _F32 = torch.float32
 
 
-def _prepare_lists(zs, grads, vs, device: torch.device) -> tuple[list, list, list, list, int]:
-    """One pass over the lists (each call costs per tensor): ``(zc, gc, vc, key, largest numel)``
-    with contiguous versions of the tensors and the table-cache key of their addresses, sizes and
-    dtypes. A tensor that fails the quick checks re-runs :func:`_check_lists` for the message."""
+def _prepare_lists(zs, grads, vs, device: torch.device) -> tuple[list, list, list, list, int, bool]:
+    """One pass over the lists (each call costs per tensor): ``(zc, gc, vc, key, largest numel,
+    copied)`` with contiguous versions of the tensors (``copied``: some are copies), and the
+    table-cache key of their addresses, sizes and dtypes. A tensor that fails the quick checks
+    re-runs :func:`_check_lists` for the message."""
     if len(grads) != len(zs) or len(vs) != len(zs):
         _check_lists(zs, grads, vs)
     zc, gc, vc, key = [], [], [], []
     largest = 0
+    copied = False
     for z, g, v in zip(zs, grads, vs):
         dtype = z.dtype
         shape = z.shape
@@ -509,26 +511,23 @@ def _prepare_lists(zs, grads, vs, device: torch.device) -> tuple[list, list, lis
             or v.device != device
         ):
             _check_lists(zs, grads, vs)
-        if not z.is_contiguous():
-            z = z.contiguous()
-        if not g.is_contiguous():
-            g = g.contiguous()
-        if not v.is_contiguous():
-            v = v.contiguous()
+        if not (z.is_contiguous() and g.is_contiguous() and v.is_contiguous()):
+            z, g, v, copied = z.contiguous(), g.contiguous(), v.contiguous(), True
         n = z.numel()
-        largest = max(largest, n)
+        if n > largest:
+            largest = n
         zc.append(z)
         gc.append(g)
         vc.append(v)
         key.append((z.data_ptr(), g.data_ptr(), v.data_ptr(), n, dtype))
-    return zc, gc, vc, key, largest
+    return zc, gc, vc, key, largest, copied
 
 
 def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, block: int | None) -> int:
     """Check the lists and launch the foreach kernel; returns the total offset increment."""
     step_size, beta, eps, temperature, bias_correction, precondition, prior_grad = hyper
     device = zs[0].device
-    zc, gc, vc, key, largest = _prepare_lists(zs, grads, vs, device)
+    zc, gc, vc, key, largest, copied = _prepare_lists(zs, grads, vs, device)
     if block is None:
         block = default_block(device, largest)
     else:
@@ -552,6 +551,8 @@ def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, bloc
     args = (tensors, programs, tensors if state is None else state, _check_int64("seed", seed),
             _check_int64("offset", offset), step, *scalars)  # fmt: skip
     _launch_on(device, kernels.langevin_foreach_kernel, (count,), None, args, meta, block)
+    if not copied:
+        return total
     for z, v, z_c, v_c in zip(zs, vs, zc, vc):
         if z_c is not z:
             z.copy_(z_c)
