@@ -378,10 +378,12 @@ if have_module pytest; then
   run_stage pytest-gpu-ops 150 "$OUT/pytest_ops.log" \
     "$PY" -m pytest "${PYTEST_OPTS[@]}" --junitxml="$OUT/junit_ops.xml" \
     tests/gpu/test_gpu_bad_inputs.py tests/gpu/test_gpu_ops.py tests/gpu/test_gpu_foreach.py \
+    tests/gpu/test_gpu_triton_foreach_identity.py \
     tests/gpu/test_gpu_large.py
   run_stage pytest-gpu-loops 120 "$OUT/pytest_loops.log" \
     "$PY" -m pytest "${PYTEST_OPTS[@]}" --junitxml="$OUT/junit_loops.xml" \
-    tests/gpu/test_gpu_loops.py tests/gpu/test_gpu_fastloop.py tests/gpu/test_gpu_sampler.py
+    tests/gpu/test_gpu_loops.py tests/gpu/test_gpu_fastloop.py tests/gpu/test_gpu_sampler.py \
+    tests/gpu/test_gpu_capturable.py
   for log in "$OUT/pytest_ops.log" "$OUT/pytest_loops.log"; do
     [ -f "$log" ] && grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$log" | tail -n 20 | sed 's/^/    /' >>"$SUMMARY"
   done
@@ -390,7 +392,8 @@ if have_module pytest; then
     case "$f" in
       tests/gpu/test_gpu_bad_inputs.py | tests/gpu/test_gpu_ops.py | tests/gpu/test_gpu_foreach.py | \
         tests/gpu/test_gpu_large.py | tests/gpu/test_gpu_loops.py | tests/gpu/test_gpu_fastloop.py | \
-        tests/gpu/test_gpu_sampler.py) ;;
+        tests/gpu/test_gpu_sampler.py | tests/gpu/test_gpu_triton_foreach_identity.py | \
+        tests/gpu/test_gpu_capturable.py) ;;
       *) note "WARNING: $f is in neither pytest stage (add it to gpu_check.sh)" ;;
     esac
   done

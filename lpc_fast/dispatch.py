@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from . import _schemas
+from .triton._interpret import interpreter_enabled
 
 __all__ = [
     "BACKEND_NAMES",
@@ -70,11 +71,6 @@ def _load_extension() -> tuple[Any | None, str]:
     except ImportError as exc:  # not built, or built against another torch
         return None, f"lpc_fast._C is not importable ({exc}); build it with `make setup`"
     return module, ""
-
-
-def interpreter_enabled() -> bool:
-    """Whether ``TRITON_INTERPRET`` is set (Triton reads it when it is first imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +229,14 @@ class TritonBackend(_DispatcherBackend):
 
     def _register(self) -> None:
         importlib.import_module("lpc_fast.triton").load_ops()
+
+    def _op(self, name: str):
+        # The op, or on the plain eager path its launcher without the custom-op machinery
+        # (lpc_fast.triton.ops.CALLS, lpc_fast._eager).
+        op = self._ops.get(name)
+        if op is None:
+            op = self._ops[name] = importlib.import_module("lpc_fast.triton").load_ops().CALLS[name]
+        return op
 
     def availability(self) -> tuple[bool, str]:
         try:

@@ -62,15 +62,14 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-import lpc_fast
-
-from . import rng
-from .dispatch import BACKEND_NAMES, select_backend
+from . import ops, rng
+from ._schemas import HYPER_NAMES
+from .dispatch import BACKEND_NAMES, _context_stack, env_request, select_backend
 from .ops import _check_hyper, _check_real
 from .reference import resolve_weight_decay
 
@@ -78,13 +77,22 @@ __all__ = ["MODES", "LangevinSampler", "SamplerDiagnostics"]
 
 MODES = ("preconditioned", "ula", "mala")
 _U64 = 2**64
+_I64_LIMIT = 2**63
+#: Backends whose kernels check the tensors themselves (the direct call of a run relies on it).
+_CHECKING_BACKENDS = ("cpu", "cuda", "triton")
 #: Per-group hyper-parameters (``step_size`` is accepted as an alias of ``lr``).
 _HYPER_KEYS = ("lr", "beta", "eps", "temperature", "bias_correction", "weight_decay")
 #: ``prior_grad`` is accepted as an alias of ``weight_decay`` (True is 1, False is 0).
 _GROUP_KEYS = (*_HYPER_KEYS, "step_size", "prior_grad")
 #: Keys torch's own tools put into parameter groups (schedulers, named parameters).
 _TORCH_GROUP_KEYS = ("initial_lr", "param_names")
-_get_hyper = itemgetter(*_HYPER_KEYS)
+
+
+def _get_hyper(g: dict[str, Any]) -> tuple:
+    # An explicit tuple (as fast as an itemgetter, which torch.compile cannot trace).
+    return (g["lr"], g["beta"], g["eps"], g["temperature"], g["bias_correction"], g["weight_decay"])
+
+
 _LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -102,11 +110,11 @@ def _fused_update(
     """One fused Langevin step of every tensor, one kernel launch; tensor ``i`` draws the noise at
     ``offset + Σ_{j<i} offset_increment(zs[j].numel())`` (the sampler's one call into the kernels)."""
     if len(zs) == 1:
-        lpc_fast.langevin_step_(
+        ops.langevin_step_(
             zs[0], grads[0], vs[0], step=step, seed=seed, offset=offset, backend=backend, **hyper
         )
     else:
-        lpc_fast.langevin_step_foreach_(
+        ops.langevin_step_foreach_(
             zs, grads, vs, step=step, seed=seed, offset=offset, backend=backend, **hyper
         )
 
@@ -296,7 +304,7 @@ def _check_options(options: dict[str, Any]) -> None:
     mode = options["mode"]
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    for name in ("adapt_step_size", "bias_correction", "record_diagnostics"):
+    for name in ("adapt_step_size", "bias_correction", "record_diagnostics", "capturable"):
         if not isinstance(options[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(options[name]).__name__}")
     for name in ("adaptation_window", "max_history"):
@@ -313,6 +321,19 @@ def _check_options(options: dict[str, Any]) -> None:
     _check_number("dual_averaging_gamma", options["dual_averaging_gamma"], lambda v: v > 0, "> 0")
     _check_number("dual_averaging_t0", options["dual_averaging_t0"], lambda v: v >= 0, ">= 0")
     _check_number("dual_averaging_kappa", options["dual_averaging_kappa"], lambda v: 0 < v <= 1, "in (0, 1]")
+    if options["capturable"]:
+        if mode == "mala":
+            raise ValueError(
+                "capturable=True supports mode 'ula' and 'preconditioned' "
+                "(MALA decides accept/reject on the host)"
+            )
+        if freeze is not None:
+            raise ValueError(
+                "capturable=True needs freeze_preconditioner_after=None (freezing is decided on the host "
+                "from the step count, which capturable mode keeps on the device)"
+            )
+        if options["record_diagnostics"]:
+            raise ValueError("capturable=True cannot record_diagnostics (the records are host-side lists)")
     backend = options["backend"]
     if backend is not None and backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be None or one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
@@ -338,7 +359,7 @@ def _resolve_weight_decay(prior_grad: Any, weight_decay: Any, where: str) -> Any
 class _Run:
     """Consecutive latents that share one fused call: device, step count, frozen flag and hyper-parameters."""
 
-    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key")
+    __slots__ = ("zs", "vs", "states", "step", "freeze_at", "counters", "hyper", "key", "direct")
 
     def __init__(self, key: tuple, step: int, freeze_at: int | None, hyper: dict[str, Any]) -> None:
         self.key = key
@@ -349,6 +370,9 @@ class _Run:
         self.freeze_at = freeze_at
         self.counters = 0
         self.hyper = hyper
+        #: (use_backend context, LPC_FAST_BACKEND value, the backend's op, hyper-parameters in schema
+        #: order): the op this run calls while the selection inputs are the same objects (see step).
+        self.direct: tuple | None = None
 
 
 class _Plan:
@@ -366,8 +390,12 @@ class _Plan:
 
     def grads(self, groups: list[dict[str, Any]], settings: tuple) -> list[list[torch.Tensor]] | None:
         """Each run's gradients, or ``None`` when the plan no longer describes this step."""
-        if settings != self.settings or _snapshot(groups) != self.snapshot:
+        snapshot = self.snapshot
+        if settings != self.settings or len(groups) != len(snapshot):
             return None
+        for g, (hyper, ids) in zip(groups, snapshot):  # _snapshot(groups) != snapshot, without building it
+            if _get_hyper(g) != hyper or tuple(map(id, g["params"])) != ids:
+                return None
         for z in self.idle:
             if z.grad is not None:
                 return None
@@ -410,7 +438,8 @@ def _lean_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(step)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         self = args[0]
-        if torch._C._autograd._profiler_enabled():
+        # (torch.compile traces the step itself; the profiler query would break its graph.)
+        if not torch.compiler.is_compiling() and torch._C._autograd._profiler_enabled():
             with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
                 return _run_with_hooks(step, self, args, kwargs)
         return _run_with_hooks(step, self, args, kwargs)
@@ -420,8 +449,6 @@ def _lean_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run_with_hooks(step: Callable[..., Any], self: Any, args: tuple, kwargs: dict) -> Any:
-    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
-
     if _global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
         for pre_hook in chain(_global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
             result = pre_hook(self, args, kwargs)
@@ -502,6 +529,17 @@ class LangevinSampler(torch.optim.Optimizer):
         synchronisation). Off by default: it costs one reduction per tensor per step.
     max_history : int
         Length of the diagnostic traces kept.
+    capturable : bool
+        Keep the noise position and the step counter on the latents' device, in an int64 tensor
+        ``[seed, offset, step]`` that the fused kernels read and advance themselves (the ``rng_state``
+        mode of :func:`lpc_fast.langevin_step_`), as ``torch.optim.Adam(capturable=True)`` keeps its
+        step on the device. ``step()`` then makes no host decision that changes from step to step,
+        so it can be captured in a CUDA graph together with the energy's forward and backward, and
+        every replay draws fresh noise. The chain is bit-identical to ``capturable=False``. Needs
+        mode ``"ula"`` or ``"preconditioned"``, no ``freeze_preconditioner_after``, no
+        ``record_diagnostics``, and every latent with a gradient in one fused call (one device, the
+        same hyper-parameters in every group). The step counter is the sampler's, shared by its
+        latents. Reading :attr:`offset` or :meth:`state_dict` synchronises with the device.
 
     Examples
     --------
@@ -539,6 +577,7 @@ class LangevinSampler(torch.optim.Optimizer):
         dual_averaging_kappa: float = 0.75,
         record_diagnostics: bool = False,
         max_history: int = 10_000,
+        capturable: bool = False,
         **unknown: Any,
     ):
         if unknown:
@@ -570,6 +609,9 @@ class LangevinSampler(torch.optim.Optimizer):
         self.adaptation_window = int(adaptation_window)
         self.freeze_preconditioner_after = freeze_preconditioner_after
         self.record_diagnostics = bool(record_diagnostics)
+        self.capturable = capturable
+        #: Capturable mode: the device tensor [seed, offset, step] (created at the first step).
+        self._rng_state: torch.Tensor | None = None
         self._lr_name = lr_name
         self._plan: _Plan | None = None
         if isinstance(params, torch.Tensor):
@@ -612,8 +654,30 @@ class LangevinSampler(torch.optim.Optimizer):
 
     @property
     def offset(self) -> int:
-        """The next unused noise counter."""
+        """The next unused noise counter (capturable mode: read from the device)."""
+        self._sync_noise()
         return self._noise.offset
+
+    def _sync_noise(self) -> None:
+        """Capturable mode: copy the device's noise position into the host stream (synchronises)."""
+        if self._rng_state is not None:
+            self._noise.offset = int(self._rng_state[1]) % _U64
+
+    def _device_step(self) -> int:
+        """Capturable mode: steps taken since the last reset, as the device counts them."""
+        return 0 if self._rng_state is None else int(self._rng_state[2]) - 1
+
+    def _device_state(self, device: torch.device) -> torch.Tensor:
+        """The ``[seed, offset, step]`` tensor of capturable mode on ``device`` (made at the first step)."""
+        state = self._rng_state
+        if state is None:
+            steps = {st["step"] for st in self.state.values() if "step" in st}
+            state = self._rng_state = ops.make_rng_state(
+                self._noise.seed, self._noise.offset, max(steps, default=0) + 1, device=device
+            )
+        elif state.device != device:
+            raise ValueError(f"capturable=True keeps its state on {state.device}; got latents on {device}")
+        return state
 
     @property
     def noise(self) -> rng.NoiseStream:
@@ -788,8 +852,9 @@ class LangevinSampler(torch.optim.Optimizer):
         if not st or not self._hyper(st, group)["precondition"]:
             return torch.ones(z.shape, dtype=torch.float32, device=z.device)
         v = st["v"]
-        if not st["frozen"] and group["bias_correction"] and st["step"] > 0:
-            v = v / (1.0 - group["beta"] ** st["step"])
+        step = self._device_step() if self._rng_state is not None else st["step"]
+        if not st["frozen"] and group["bias_correction"] and step > 0:
+            v = v / (1.0 - group["beta"] ** step)
         return 1.0 / (group["eps"] + torch.sqrt(v))
 
     def _patch_step_function(self) -> None:
@@ -810,6 +875,8 @@ class LangevinSampler(torch.optim.Optimizer):
                 st["v"].zero_()
                 st["step"] = 0
                 st["frozen"] = False
+        if self._rng_state is not None:
+            self._rng_state[2].fill_(1)  # the device step counter; the noise position keeps advancing
         self._plan = None
         self._cache = None
         self.last_accept = None
@@ -838,6 +905,8 @@ class LangevinSampler(torch.optim.Optimizer):
                 raise ValueError("MALA needs a closure returning per-chain energies and filling .grad")
             if self._mh_active():
                 return self._mala_step(closure)
+        if self.capturable:
+            return self._capturable_step(closure)
         energies = None
         if closure is not None:
             with torch.enable_grad():
@@ -857,22 +926,79 @@ class LangevinSampler(torch.optim.Optimizer):
             plan = self._build_plan()
             grads = [[z.grad for z in run.zs] for run in plan.runs]
         noise, backend = self._noise, self.backend
+        seed = noise.seed
+        seed64 = seed - _U64 if seed >= _I64_LIMIT else seed
+        ctx = _context_stack[-1] if _context_stack else None
+        env = env_request()
+        compiling = torch.compiler.is_compiling()
         for run, gs in zip(plan.runs, grads):
             s = run.step = run.step + 1
             for st in run.states:
                 st["step"] = s
-            _fused_update(
-                run.zs,
-                gs,
-                run.vs,
-                step=s,
-                seed=noise.seed,
-                offset=noise.reserve(run.counters),
-                backend=backend,
-                hyper=run.hyper,
-            )
+            # The run's op called directly while the backend selection's inputs (backend=, the
+            # use_backend() context, LPC_FAST_BACKEND) are the objects it was chosen for: what the
+            # public op's fast path does, without its per-call argument handling. The plan's
+            # hyper-parameters are validated; the kernels check the tensors.
+            zs, vs = run.zs, run.vs
+            offset = noise.reserve(run.counters)
+            direct = run.direct
+            if direct is not None and direct[0] is ctx and direct[1] is env and not compiling:
+                args = (zs[0], gs[0], vs[0]) if len(zs) == 1 else (zs, gs, vs)
+                args += (s, *direct[3], seed64, offset - _U64 if offset >= _I64_LIMIT else offset)
+                try:
+                    if torch.is_grad_enabled():
+                        with torch.no_grad():
+                            direct[2](*args)
+                    else:
+                        direct[2](*args)
+                    continue
+                except (RuntimeError, TypeError, ValueError):
+                    pass  # the public op below names the bad argument
+            if len(zs) == 1:
+                ops.langevin_step_(zs[0], gs[0], vs[0], step=s, seed=seed, offset=offset, backend=backend,
+                                   **run.hyper)  # fmt: skip
+                name = "langevin_step_"
+            else:
+                ops.langevin_step_foreach_(zs, gs, vs, step=s, seed=seed, offset=offset, backend=backend,
+                                           **run.hyper)  # fmt: skip
+                name = "langevin_step_foreach_"
+            if not compiling:
+                chosen = select_backend(zs[0].device, backend)
+                if chosen.name in _CHECKING_BACKENDS:
+                    hyper = tuple(run.hyper[k] for k in HYPER_NAMES)
+                    run.direct = (ctx, env, chosen._op(name), hyper)
         if self.record_diagnostics:
             self.diagnostics.record(energies, [g for gs in grads for g in gs])
+        return energies
+
+    def _capturable_step(self, closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+        """One step reading and advancing the device state (one fused call, no host-side counters)."""
+        energies = None
+        if closure is not None:
+            with torch.enable_grad():
+                energies = closure()
+        plan = self._plan
+        grads = None if plan is None else plan.grads(self.param_groups, self._settings())
+        if grads is None:
+            plan = self._build_plan()
+            grads = [[z.grad for z in run.zs] for run in plan.runs]
+            if len(plan.runs) > 1:
+                self._plan = None
+                raise ValueError(
+                    "capturable=True needs every latent with a gradient in one fused call (one device "
+                    "and the same hyper-parameters in every parameter group); these latents need "
+                    f"{len(plan.runs)}"
+                )
+        if not plan.runs:
+            return energies
+        run, gs = plan.runs[0], grads[0]
+        state = self._device_state(run.zs[0].device)
+        if len(run.zs) == 1:
+            ops.langevin_step_(
+                run.zs[0], gs[0], run.vs[0], rng_state=state, backend=self.backend, **run.hyper
+            )
+        else:
+            ops.langevin_step_foreach_(run.zs, gs, run.vs, rng_state=state, backend=self.backend, **run.hyper)
         return energies
 
     # ------------------------------------------------------------------ MALA
@@ -995,6 +1121,12 @@ class LangevinSampler(torch.optim.Optimizer):
         """torch's optimizer state (``state`` per latent index: ``v``, ``step``, ``frozen``; ``param_groups``)
         plus ``sampler``: the mode, the noise stream's position, dual averaging, the MALA cache and the
         diagnostics. With the latents, everything needed to continue the chains bit for bit."""
+        if self._rng_state is not None:  # capturable: the device holds the counters
+            self._sync_noise()
+            step = self._device_step()
+            for st in self.state.values():
+                if "step" in st:
+                    st["step"] = step
         state = super().state_dict()
         cache = None
         if self._cache is not None:
@@ -1045,6 +1177,12 @@ class LangevinSampler(torch.optim.Optimizer):
             if st is not None and st.get("v") is not None:
                 self.state[z]["v"] = st["v"].to(device=z.device, dtype=torch.float32, copy=True)
         self._noise.load_state_dict(extra["noise"])
+        if self._rng_state is not None:  # capturable: the same device tensor (graphs hold it) takes the state
+            steps = {st["step"] for st in self.state.values() if "step" in st}
+            restored = ops.make_rng_state(
+                self._noise.seed, self._noise.offset, max(steps, default=0) + 1, device=self._rng_state.device
+            )
+            self._rng_state.copy_(restored)
         self._dual.load_state_dict(extra["dual_averaging"])
         cache = extra["mala_cache"]
         if cache is None:

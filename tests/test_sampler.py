@@ -21,7 +21,6 @@ import pytest
 import torch
 from torch import nn
 
-import lpc_fast
 from lpc_fast import reference, rng
 from lpc_fast.diagnostics import effective_sample_size, split_rhat
 from lpc_fast.models import GaussianLikelihood, LatentModel
@@ -101,30 +100,38 @@ def test_step_matches_the_reference_update_and_advances_the_stream(mode):
     assert sampler.offset == off
 
 
-def test_one_fused_launch_per_run_of_latents_per_step(monkeypatch):
+def test_one_fused_launch_per_run_of_latents_per_step():
     """A group's latents move in one multi-tensor launch; another group's settings need a second one."""
-    calls = []
-    single, foreach = lpc_fast.langevin_step_, lpc_fast.langevin_step_foreach_
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def counting_single(z, grad, v, **kw):
-        calls.append(("single", 1, kw["offset"]))
-        return single(z, grad, v, **kw)
+    class Launches(TorchDispatchMode):
+        """Records the lpc_fast ops dispatched (the sampler calls them directly or through the public ops)."""
 
-    def counting_foreach(zs, grads, vs, **kw):
-        calls.append(("foreach", len(zs), kw["offset"]))
-        return foreach(zs, grads, vs, **kw)
+        def __init__(self):
+            super().__init__()
+            self.calls = []
 
-    monkeypatch.setattr(lpc_fast, "langevin_step_", counting_single)
-    monkeypatch.setattr(lpc_fast, "langevin_step_foreach_", counting_foreach)
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func)
+            if name.startswith("lpc_fast."):
+                kind = "foreach" if "foreach" in name else "single"
+                self.calls.append((kind, len(args[0]) if kind == "foreach" else 1, args[-1]))
+            return func(*args, **(kwargs or {}))
+
     a, b, c = torch.zeros(4, 2), torch.zeros(9), torch.zeros(3)
     sampler = LangevinSampler([{"params": [a, b]}, {"params": [c], "step_size": 0.2}], step_size=0.1)
-    for _ in range(3):
-        a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)  # c has no grad: skipped like an optimizer
+    with Launches() as launches:
+        for _ in range(3):
+            a.grad, b.grad = (
+                torch.ones_like(a),
+                torch.ones_like(b),
+            )  # c has no grad: skipped like an optimizer
+            sampler.step()
+        calls = launches.calls
+        assert [k for k, _, _ in calls] == ["foreach"] * 3 and all(n == 2 for _, n, _ in calls)
+        assert torch.equal(c, torch.zeros(3))
+        c.grad = torch.ones_like(c)
         sampler.step()
-    assert [k for k, _, _ in calls] == ["foreach"] * 3 and all(n == 2 for _, n, _ in calls)
-    assert torch.equal(c, torch.zeros(3))
-    c.grad = torch.ones_like(c)
-    sampler.step()
     assert [k for k, _, _ in calls[3:]] == ["foreach", "single"]
     assert len({off for _, _, off in calls}) == len(calls)  # never the same noise twice
 

@@ -22,6 +22,7 @@ from lpc_fast.train.base import Trainer
 from lpc_fast.train.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
 from lpc_fast.train.config import DEFAULT_T_ENCODER, DEFAULT_T_PRIOR, ConfigError, TrainConfig
 from lpc_fast.train.distributed import DistContext
+from lpc_fast.train.factory import make_trainer
 from lpc_fast.train.faults import DivergenceError, NonFiniteError, TrainingFault
 from lpc_fast.train.lpc import LPCTrainer
 from lpc_fast.train.vae import VAETrainer
@@ -46,12 +47,6 @@ __all__ = [
     "run_training",
     "save_checkpoint",
 ]
-
-
-def make_trainer(config: TrainConfig, data: Any, *, model=None, dist: DistContext | None = None) -> Trainer:
-    """The trainer for ``config.method``: :class:`LPCTrainer` for lpc/pc, :class:`VAETrainer` for vae."""
-    cls = VAETrainer if config.method == "vae" else LPCTrainer
-    return cls(config, data, model=model, dist=dist)
 
 
 def run_training(*args: Any, **kwargs: Any) -> Any:

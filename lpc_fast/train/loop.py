@@ -235,7 +235,7 @@ def run_training(
     -------
     RunResult
     """
-    from lpc_fast.train import make_trainer
+    from lpc_fast.train.factory import make_trainer
 
     config.validate()
     from lpc_fast.train.base import resolve_device

@@ -6,6 +6,12 @@ dispatcher ops that :func:`load_ops` registers from the op table
 (:mod:`lpc_fast._schemas`) with the launchers of :mod:`lpc_fast.triton.launch`.
 Importing this package does not import Triton.
 
+Modules, in import order (none imports :mod:`lpc_fast.dispatch`, this package or a module after
+it): ``_interpret`` (whether the interpreter is on), ``kernels`` (the ``@triton.jit`` code),
+``foreach`` (the foreach op's device tables),
+``launch`` (every host launcher and the one launch site), ``ops`` (dispatcher registration and
+the eager bypass of the dispatcher).
+
 Triton runs on CUDA tensors, and on CPU tensors only through its interpreter,
 which needs ``TRITON_INTERPRET=1`` in the environment before Python starts.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..dispatch import interpreter_enabled
+from ._interpret import interpreter_enabled
 
 __all__ = ["interpreter_enabled", "load_ops"]
 

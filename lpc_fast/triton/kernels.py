@@ -173,6 +173,63 @@ def _update(
     return z_new, v_new
 
 
+@triton.jit
+def _step_tile(
+    z_ptr,
+    g_ptr,
+    v_ptr,
+    z_out_ptr,
+    v_out_ptr,
+    n,
+    seed,
+    offset,
+    blk,
+    c64,
+    eta64,
+    beta64,
+    omb64,
+    eps64,
+    ns64,
+    wd64,
+    BLOCK: tl.constexpr,
+    F64: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+    STORE_V: tl.constexpr,
+):
+    """Block ``blk`` of one tensor: load, convert, update, store. The one body of the forward step.
+
+    Both the single-tensor kernel and every dtype branch of the foreach kernel call this function
+    with typed pointers and the float64 parameters, so the two compile the same loads, conversions
+    and arithmetic in the same order: their results are bit-identical by construction, also where
+    the compiler contracts multiply-adds (GPUs), which the interpreter never does.
+    ``z_out``/``v_out`` may alias ``z``/``v`` (in place); without ``PRECONDITION`` and with
+    ``STORE_V``, ``v`` is copied to ``v_out``.
+    """
+    offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < n
+    c = _cvt(c64, F64)
+    eta = _cvt(eta64, F64)
+    beta = _cvt(beta64, F64)
+    omb = _cvt(omb64, F64)
+    eps = _cvt(eps64, F64)
+    ns = _cvt(ns64, F64)
+    wd = _cvt(wd64, F64)
+    noise = _normals(seed, offset, blk, BLOCK, F64)
+    z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
+    g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
+    if PRECONDITION:
+        v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
+        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, wd, F64, True, PRIOR_GRAD)
+        if STORE_V:
+            tl.store(v_out_ptr + offs, v_new.to(tl.float32), mask=mask)
+    else:
+        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, wd, F64, False, PRIOR_GRAD)
+        if STORE_V:
+            tl.store(v_out_ptr + offs, tl.load(v_ptr + offs, mask=mask, other=0.0), mask=mask)
+    tl.store(z_out_ptr + offs, z_new.to(z_out_ptr.dtype.element_ty), mask=mask)
+
+
 # --------------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------------
@@ -222,31 +279,15 @@ def langevin_fwd_kernel(
         seed = tl.load(state_ptr)
         offset = tl.load(state_ptr + 1)
         step = tl.load(state_ptr + 2)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < n
-
     beta64 = _f64(beta_hi, beta_lo)
-    c = _cvt(_bias_correction(step, beta64, BIAS_CORRECTION), F64)
-    eta = _cvt(_f64(eta_hi, eta_lo), F64)
-    beta = _cvt(beta64, F64)
-    omb = _cvt(_f64(omb_hi, omb_lo), F64)
-    eps = _cvt(_f64(eps_hi, eps_lo), F64)
-    ns = _cvt(_f64(ns_hi, ns_lo), F64)
-    wd = _cvt(_f64(wd_hi, wd_lo), F64)
-
-    noise = _normals(seed, offset, pid, BLOCK, F64)
-    z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
-    g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
-    if PRECONDITION:
-        v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, wd, F64, True, PRIOR_GRAD)
-        if STORE_V:
-            tl.store(v_out_ptr + offs, v_new.to(tl.float32), mask=mask)
-    else:
-        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, wd, F64, False, PRIOR_GRAD)
-        if STORE_V:
-            tl.store(v_out_ptr + offs, tl.load(v_ptr + offs, mask=mask, other=0.0), mask=mask)
-    tl.store(z_out_ptr + offs, z_new.to(z_out_ptr.dtype.element_ty), mask=mask)
+    c64 = _bias_correction(step, beta64, BIAS_CORRECTION)
+    eta64 = _f64(eta_hi, eta_lo)
+    omb64 = _f64(omb_hi, omb_lo)
+    eps64 = _f64(eps_hi, eps_lo)
+    ns64 = _f64(ns_hi, ns_lo)
+    wd64 = _f64(wd_hi, wd_lo)
+    _step_tile(z_ptr, g_ptr, v_ptr, z_out_ptr, v_out_ptr, n, seed, offset, pid, c64, eta64, beta64, omb64,
+               eps64, ns64, wd64, BLOCK, F64, PRECONDITION, PRIOR_GRAD, STORE_V)  # fmt: skip
 
 
 @triton.jit
@@ -358,7 +399,7 @@ def philox_uint32_kernel(out_ptr, n, seed: tl.int64, offset: tl.int64, BLOCK: tl
 
 
 # --------------------------------------------------------------------------------------------------
-# multi-tensor step (host side and tables: lpc_fast.triton.foreach)
+# multi-tensor step (device tables: lpc_fast.triton.foreach; launcher: lpc_fast.triton.launch)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -384,29 +425,13 @@ def _foreach_tile(
     PRECONDITION: tl.constexpr,
     PRIOR_GRAD: tl.constexpr,
 ):
-    """Block ``blk`` of one tensor: the body of ``kernels.langevin_fwd_kernel`` (in place)."""
+    """Block ``blk`` of one tensor of the table: the single-tensor kernel's tile, in place, on the
+    addresses cast to pointers of the tensor's dtype."""
     z_ptr = z_addr.to(tl.pointer_type(DTYPE))
     g_ptr = g_addr.to(tl.pointer_type(DTYPE))
     v_ptr = v_addr.to(tl.pointer_type(tl.float32))
-    offs = blk * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < n
-    c = _cvt(c64, F64)
-    eta = _cvt(eta64, F64)
-    beta = _cvt(beta64, F64)
-    omb = _cvt(omb64, F64)
-    eps = _cvt(eps64, F64)
-    ns = _cvt(ns64, F64)
-    wd = _cvt(wd64, F64)
-    noise = _normals(seed, offset, blk, BLOCK, F64)
-    z = _cvt(tl.load(z_ptr + offs, mask=mask, other=0.0), F64)
-    g = _cvt(tl.load(g_ptr + offs, mask=mask, other=0.0), F64)
-    if PRECONDITION:
-        v = _cvt(tl.load(v_ptr + offs, mask=mask, other=0.0), F64)
-        z_new, v_new = _update(z, g, v, noise, c, eta, beta, omb, eps, ns, wd, F64, True, PRIOR_GRAD)
-        tl.store(v_ptr + offs, v_new.to(tl.float32), mask=mask)
-    else:
-        z_new, _ = _update(z, g, z, noise, c, eta, beta, omb, eps, ns, wd, F64, False, PRIOR_GRAD)
-    tl.store(z_ptr + offs, z_new.to(DTYPE), mask=mask)
+    _step_tile(z_ptr, g_ptr, v_ptr, z_ptr, v_ptr, n, seed, offset, blk, c64, eta64, beta64, omb64, eps64,
+               ns64, wd64, BLOCK, F64, PRECONDITION, PRIOR_GRAD, PRECONDITION)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["seed", "offset", "step"])
@@ -465,7 +490,7 @@ def langevin_foreach_kernel(
     eps64 = _f64(eps_hi, eps_lo)
     ns64 = _f64(ns_hi, ns_lo)
     wd64 = _f64(wd_hi, wd_lo)
-    # Pointer element types must be compile-time constants: one branch per dtype (_DTYPE_CODES).
+    # Pointer element types must be compile-time constants: one branch per dtype (foreach.DTYPE_CODES).
     if code == 0:
         _foreach_tile(z_addr, g_addr, v_addr, n, seed, tensor_offset, blk, c64, eta64, beta64, omb64,
                       eps64, ns64, wd64, tl.float32, BLOCK, False, PRECONDITION, PRIOR_GRAD)  # fmt: skip

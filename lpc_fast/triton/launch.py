@@ -1,10 +1,16 @@
 """Host launchers of the Triton kernels: argument checks, layout, launch configuration.
 
+This is the one module that launches Triton kernels (:func:`_launch_on` is the only launch
+site); the rest of :mod:`lpc_fast.triton` calls it. It holds one launcher per op of the table
+(:data:`lpc_fast._schemas.OPS`), named like the op, the foreach launchers included (their device
+tables come from :mod:`lpc_fast.triton.foreach`).
+
 The launchers take the dispatcher ops' arguments (seeds and offsets as int64
 values with the bits of the unsigned 64-bit numbers) and are shared by both
 registrations in :mod:`lpc_fast.triton.ops`: called directly inside an opaque
 ``custom_op`` (interpreter) or, with ``wrap=torch.library.wrap_triton``, inside
-a ``triton_op`` so that inductor sees the kernels.
+a ``triton_op`` so that inductor sees the kernels; and called directly, without the
+dispatcher, on the plain eager path (:mod:`lpc_fast.triton.ops`).
 
 Parameters common to the launchers
 ----------------------------------
@@ -23,6 +29,7 @@ the C++/CUDA kernels do with a device guard: Triton launches on the current devi
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable
@@ -31,7 +38,8 @@ from typing import Any
 import torch
 import triton
 
-from . import interpreter_enabled, kernels
+from . import foreach, kernels
+from ._interpret import interpreter_enabled
 
 __all__ = [
     "CPU_BLOCK",
@@ -63,38 +71,76 @@ _INT64_MAX = 2**63 - 1
 Wrap = Callable[[Any], Any] | None
 
 
+#: Whether kernels run under the interpreter (Triton reads TRITON_INTERPRET once, at its import).
+_INTERPRETER = interpreter_enabled()
+
+
+def _next_power_of_2(n: Any) -> int:
+    # Plain integer arithmetic: triton.next_power_of_2 and triton.cdiv are constexpr functions in
+    # recent Triton releases, a few microseconds per host call. SymInts take Triton's.
+    if type(n) is int:
+        return 1 << (n - 1).bit_length() if n > 1 else 1
+    return triton.next_power_of_2(n)
+
+
 def default_block(device: torch.device, n: int) -> int:
     """Elements per program for ``n`` elements on ``device`` (results never depend on it)."""
-    if device.type == "cpu" or interpreter_enabled():
+    if _INTERPRETER or device.type == "cpu":
         # One program for small tensors: the interpreter pays per program, not per element.
-        return min(CPU_BLOCK, max(16, triton.next_power_of_2(n)))
+        return min(CPU_BLOCK, max(16, _next_power_of_2(n)))
     return GPU_BLOCK
 
 
 def _device_guard(device: torch.device) -> Any:
     """The context that makes ``device`` current for a launch: ``torch.cuda.device`` for CUDA
-    tensors (Triton launches on the current device, whatever the tensors' device), None otherwise."""
-    return torch.cuda.device(device) if device.type == "cuda" else None
+    tensors (Triton launches on the current device, whatever the tensors' device), None for other
+    tensors and when ``device`` is current already (entering the context costs microseconds)."""
+    if device.type != "cuda":
+        return None
+    if torch.cuda.is_initialized() and device.index == torch.cuda.current_device():
+        return None
+    return torch.cuda.device(device)
 
 
-def _launch_on(device: torch.device, kernel: Any, grid: tuple[int, ...], wrap: Wrap, *args: Any, **meta: Any):
-    """Launch ``kernel[grid](*args, **meta)`` with ``device`` current (the only launch site)."""
+def _launch_on(
+    device: torch.device,
+    kernel: Any,
+    grid: tuple[int, ...],
+    wrap: Wrap,
+    args: tuple,
+    meta: dict[str, Any],
+    block: int | None = None,
+) -> None:
+    """Launch ``kernel[grid](*args, **meta)`` (and ``BLOCK=block`` if given) with ``device``
+    current: the only launch site. Arguments travel as one tuple and one dict (no repacking)."""
     fn = kernel if wrap is None else wrap(kernel)
     guard = _device_guard(device)
-    if guard is None:  # CPU tensors (interpreter): nothing to pin, no context to enter
-        fn[grid](*args, **meta)
+    if guard is None:  # CPU tensors (interpreter), or the device is current: no context to enter
+        if block is None:
+            fn[grid](*args, **meta)
+        else:
+            fn[grid](*args, BLOCK=block, **meta)
     else:
         with guard:
-            fn[grid](*args, **meta)
+            if block is None:
+                fn[grid](*args, **meta)
+            else:
+                fn[grid](*args, BLOCK=block, **meta)
 
 
 def _launch(
-    kernel: Any, n: int, block: int | None, device: torch.device, wrap: Wrap, *args: Any, **meta: Any
-):
+    kernel: Any,
+    n: int,
+    block: int | None,
+    device: torch.device,
+    wrap: Wrap,
+    args: tuple,
+    meta: dict[str, Any],
+) -> None:
     block = default_block(device, n) if block is None else int(block)
     if block < 4 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 4, got {block}")
-    _launch_on(device, kernel, (triton.cdiv(n, block),), wrap, *args, BLOCK=block, **meta)
+    _launch_on(device, kernel, (-(-n // block),), wrap, args, meta, block)
 
 
 def _split(name: str, x: float) -> tuple[float, float]:
@@ -110,9 +156,11 @@ def _split(name: str, x: float) -> tuple[float, float]:
     return hi, lo
 
 
+@functools.lru_cache(maxsize=256)
 def _scalar_args(
     step_size: float, beta: float, eps: float, temperature: float, weight_decay: float
 ) -> tuple[float, ...]:
+    """The kernels' float arguments of the hyper-parameters (cached: a chain repeats them)."""
     if temperature < 0 or step_size < 0:
         raise ValueError(f"step_size and temperature must be >= 0, got {step_size} and {temperature}")
     noise_scale = math.sqrt(2.0 * float(step_size) * float(temperature))
@@ -158,16 +206,33 @@ def _contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _fwd_meta(
-    z: torch.Tensor, bias_correction: bool, precondition: bool, weight_decay: float
-) -> dict[str, Any]:
-    return {
-        "F64": z.dtype == torch.float64,
-        "BIAS_CORRECTION": bool(bias_correction) and bool(precondition),
-        "PRECONDITION": bool(precondition),
+@functools.lru_cache(maxsize=256)
+def _bound(
+    step_size: float,
+    beta: float,
+    eps: float,
+    temperature: float,
+    bias_correction: bool,
+    precondition: bool,
+    weight_decay: float,
+    f64: bool | None,
+    **extra: bool,
+) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """``(float arguments, constexpr arguments)`` of an update launch, computed once per set of
+    hyper-parameters (a chain repeats them: the launch is then pre-bound but for tensors and
+    counters). ``f64=None``: no ``F64`` argument (the foreach kernel). The dict is shared: callers
+    only spread it."""
+    precondition = bool(precondition)
+    meta = {
+        "BIAS_CORRECTION": bool(bias_correction) and precondition,
+        "PRECONDITION": precondition,
         # The prior term is compiled out at weight_decay = 0 (s = grad exactly, whatever z holds).
         "PRIOR_GRAD": float(weight_decay) != 0.0,
+        **extra,
     }
+    if f64 is not None:
+        meta["F64"] = f64
+    return _scalar_args(step_size, beta, eps, temperature, weight_decay), meta
 
 
 def langevin_step_(
@@ -194,12 +259,19 @@ def langevin_step_(
     if n == 0:
         return
     zc, gc, vc = _contig(z), _contig(grad), _contig(v)
-    _launch(
-        kernels.langevin_fwd_kernel,
-        n,
-        block,
-        z.device,
-        wrap,
+    scalars, meta = _bound(
+        step_size,
+        beta,
+        eps,
+        temperature,
+        bias_correction,
+        precondition,
+        weight_decay,
+        z.dtype is torch.float64,
+        USE_STATE=False,
+        STORE_V=bool(precondition),
+    )
+    args = (
         zc,
         gc,
         vc,
@@ -210,14 +282,12 @@ def langevin_step_(
         _check_int64("seed", seed),
         _check_int64("offset", offset),
         step,
-        *_scalar_args(step_size, beta, eps, temperature, weight_decay),
-        USE_STATE=False,
-        STORE_V=bool(precondition),
-        **_fwd_meta(z, bias_correction, precondition, weight_decay),
+        *scalars,
     )
-    if not z.is_contiguous():
+    _launch(kernels.langevin_fwd_kernel, n, block, z.device, wrap, args, meta)
+    if zc is not z:
         z.copy_(zc)
-    if precondition and not v.is_contiguous():
+    if precondition and vc is not v:
         v.copy_(vc)
 
 
@@ -248,33 +318,26 @@ def langevin_step_state_(
     n = z.numel()
     if n > 0:
         zc, gc, vc = _contig(z), _contig(grad), _contig(v)
-        _launch(
-            kernels.langevin_fwd_kernel,
-            n,
-            block,
-            z.device,
-            wrap,
-            zc,
-            gc,
-            vc,
-            zc,
-            vc,
-            state,
-            n,
-            0,
-            0,
-            0,
-            *_scalar_args(step_size, beta, eps, temperature, weight_decay),
+        scalars, meta = _bound(
+            step_size,
+            beta,
+            eps,
+            temperature,
+            bias_correction,
+            precondition,
+            weight_decay,
+            z.dtype is torch.float64,
             USE_STATE=True,
             STORE_V=bool(precondition),
-            **_fwd_meta(z, bias_correction, precondition, weight_decay),
         )
-        if not z.is_contiguous():
+        args = (zc, gc, vc, zc, vc, state, n, 0, 0, 0, *scalars)
+        _launch(kernels.langevin_fwd_kernel, n, block, z.device, wrap, args, meta)
+        if zc is not z:
             z.copy_(zc)
-        if precondition and not v.is_contiguous():
+        if precondition and vc is not v:
             v.copy_(vc)
     # One call is one step even for an empty tensor: the step counter always advances.
-    _launch_on(z.device, kernels.advance_state_kernel, (1,), wrap, state, (n + 3) // 4)
+    _launch_on(z.device, kernels.advance_state_kernel, (1,), wrap, (state, (n + 3) // 4), {})
 
 
 def langevin_fwd(
@@ -302,27 +365,21 @@ def langevin_fwd(
     n = z.numel()
     if n == 0:
         return z_new, v_new
-    _launch(
-        kernels.langevin_fwd_kernel,
-        n,
-        block,
-        z.device,
-        wrap,
-        _contig(z),
-        _contig(grad),
-        _contig(v),
-        z_new,
-        v_new,
-        z_new,
-        n,
-        _check_int64("seed", seed),
-        _check_int64("offset", offset),
-        step,
-        *_scalar_args(step_size, beta, eps, temperature, weight_decay),
+    scalars, meta = _bound(
+        step_size,
+        beta,
+        eps,
+        temperature,
+        bias_correction,
+        precondition,
+        weight_decay,
+        z.dtype is torch.float64,
         USE_STATE=False,
         STORE_V=True,
-        **_fwd_meta(z, bias_correction, precondition, weight_decay),
     )
+    args = (_contig(z), _contig(grad), _contig(v), z_new, v_new, z_new, n, _check_int64("seed", seed),
+            _check_int64("offset", offset), step, *scalars)  # fmt: skip
+    _launch(kernels.langevin_fwd_kernel, n, block, z.device, wrap, args, meta)
     return z_new, v_new
 
 
@@ -359,27 +416,21 @@ def langevin_bwd(
     if n == 0:
         return grad_z, grad_grad
     gz = _contig(grad_z_new)
-    _launch(
-        kernels.langevin_bwd_kernel,
-        n,
-        block,
-        z.device,
-        wrap,
-        gz,
-        gz if grad_v_new is None else _contig(grad_v_new),
-        _contig(z),
-        _contig(grad),
-        _contig(v),
-        grad_z,
-        grad_grad,
-        n,
-        _check_int64("seed", seed),
-        _check_int64("offset", offset),
-        step,
-        *_scalar_args(step_size, beta, eps, temperature, weight_decay),
+    scalars, meta = _bound(
+        step_size,
+        beta,
+        eps,
+        temperature,
+        bias_correction,
+        precondition,
+        weight_decay,
+        z.dtype is torch.float64,
         HAS_GV=grad_v_new is not None,
-        **_fwd_meta(z, bias_correction, precondition, weight_decay),
     )
+    args = (gz, gz if grad_v_new is None else _contig(grad_v_new), _contig(z), _contig(grad), _contig(v),
+            grad_z, grad_grad, n, _check_int64("seed", seed), _check_int64("offset", offset), step,
+            *scalars)  # fmt: skip
+    _launch(kernels.langevin_bwd_kernel, n, block, z.device, wrap, args, meta)
     return grad_z, grad_grad
 
 
@@ -393,19 +444,9 @@ def philox_normal_(
     if n == 0:
         return
     oc = _contig(out)
-    _launch(
-        kernels.philox_normal_kernel,
-        n,
-        block,
-        out.device,
-        wrap,
-        oc,
-        n,
-        _check_int64("seed", seed),
-        _check_int64("offset", offset),
-        F64=out.dtype == torch.float64,
-    )
-    if not out.is_contiguous():
+    args = (oc, n, _check_int64("seed", seed), _check_int64("offset", offset))
+    _launch(kernels.philox_normal_kernel, n, block, out.device, wrap, args, _F64[out.dtype is torch.float64])
+    if oc is not out:
         out.copy_(oc)
 
 
@@ -419,20 +460,158 @@ def philox_uint32_(
     if n == 0:
         return
     oc = _contig(out)
-    _launch(
-        kernels.philox_uint32_kernel,
-        n,
-        block,
-        out.device,
-        wrap,
-        oc,
-        n,
-        _check_int64("seed", seed),
-        _check_int64("offset", offset),
-    )
-    if not out.is_contiguous():
+    args = (oc, n, _check_int64("seed", seed), _check_int64("offset", offset))
+    _launch(kernels.philox_uint32_kernel, n, block, out.device, wrap, args, {})
+    if oc is not out:
         out.copy_(oc)
 
 
-# The multi-tensor step (its own module: a pointer-table kernel with a host-side table cache).
-from .foreach import langevin_step_foreach_, langevin_step_foreach_state_  # noqa: E402
+#: The constexpr argument of the normal kernel by output precision.
+_F64 = {False: {"F64": False}, True: {"F64": True}}
+
+
+# --------------------------------------------------------------------------------------------------
+# The multi-tensor step: one launch over device tables of the tensors (lpc_fast.triton.foreach)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_lists(zs, grads, vs) -> None:
+    if len(grads) != len(zs) or len(vs) != len(zs):
+        raise ValueError(f"zs, grads and vs must have one length, got {len(zs)}, {len(grads)} and {len(vs)}")
+    device = zs[0].device if zs else None
+    for i, (z, g, v) in enumerate(zip(zs, grads, vs)):
+        try:
+            _check_update_args(z, g, v)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"tensor {i} of the lists: {exc}") from None
+        if z.device != device:
+            raise ValueError(f"zs[{i}] must be on zs[0]'s device {device}, got {z.device}")
+
+
+_F32 = torch.float32
+
+
+def _prepare_lists(zs, grads, vs, device: torch.device) -> tuple[list, list, list, list, int, bool]:
+    """One pass over the lists (each call costs per tensor): ``(zc, gc, vc, key, largest numel,
+    copied)`` with contiguous versions of the tensors (``copied``: some are copies), and the
+    table-cache key of their addresses, sizes and dtypes. A tensor that fails the quick checks
+    re-runs :func:`_check_lists` for the message."""
+    if len(grads) != len(zs) or len(vs) != len(zs):
+        _check_lists(zs, grads, vs)
+    zc, gc, vc, key = [], [], [], []
+    largest = 0
+    copied = False
+    for z, g, v in zip(zs, grads, vs):
+        dtype = z.dtype
+        shape = z.shape
+        if (
+            dtype not in _FLOAT_DTYPES
+            or g.dtype is not dtype
+            or v.dtype is not _F32
+            or g.shape != shape
+            or v.shape != shape
+            or z.device != device
+            or g.device != device
+            or v.device != device
+        ):
+            _check_lists(zs, grads, vs)
+        if not (z.is_contiguous() and g.is_contiguous() and v.is_contiguous()):
+            z, g, v, copied = z.contiguous(), g.contiguous(), v.contiguous(), True
+        n = z.numel()
+        if n > largest:
+            largest = n
+        zc.append(z)
+        gc.append(g)
+        vc.append(v)
+        key.append((z.data_ptr(), g.data_ptr(), v.data_ptr(), n, dtype))
+    return zc, gc, vc, key, largest, copied
+
+
+def _launch_foreach(zs, grads, vs, state, seed, offset, step, hyper: tuple, block: int | None) -> int:
+    """Check the lists and launch the foreach kernel; returns the total offset increment."""
+    step_size, beta, eps, temperature, bias_correction, precondition, weight_decay = hyper
+    device = zs[0].device
+    zc, gc, vc, key, largest, copied = _prepare_lists(zs, grads, vs, device)
+    if block is None:
+        block = default_block(device, largest)
+    else:
+        block = int(block)
+        if block < 4 or block & (block - 1):
+            raise ValueError(f"block must be a power of two >= 4, got {block}")
+    tensors, programs, count, total = foreach.tables_for(zc, gc, vc, device, block, key)
+    if count == 0:  # every tensor is empty
+        return total
+    scalars, meta = _bound(
+        step_size,
+        beta,
+        eps,
+        temperature,
+        bias_correction,
+        precondition,
+        weight_decay,
+        None,
+        USE_STATE=state is not None,
+    )
+    args = (tensors, programs, tensors if state is None else state, _check_int64("seed", seed),
+            _check_int64("offset", offset), step, *scalars)  # fmt: skip
+    _launch_on(device, kernels.langevin_foreach_kernel, (count,), None, args, meta, block)
+    if not copied:
+        return total
+    for z, v, z_c, v_c in zip(zs, vs, zc, vc):
+        if z_c is not z:
+            z.copy_(z_c)
+        if precondition and v_c is not v:
+            v.copy_(v_c)
+    return total
+
+
+def langevin_step_foreach_(
+    zs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    step: int,
+    step_size: float,
+    beta: float,
+    eps: float,
+    temperature: float,
+    bias_correction: bool,
+    precondition: bool,
+    weight_decay: float,
+    seed: int,
+    offset: int,
+    *,
+    block: int | None = None,
+) -> None:
+    """Update every ``(zs[i], vs[i])`` in place with one launch (:mod:`lpc_fast.triton.foreach`)."""
+    if not zs:
+        _check_lists(zs, grads, vs)
+    else:
+        hyper = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
+        _launch_foreach(zs, grads, vs, None, seed, offset, step, hyper, block)
+
+
+def langevin_step_foreach_state_(
+    zs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    state: torch.Tensor,
+    step_size: float,
+    beta: float,
+    eps: float,
+    temperature: float,
+    bias_correction: bool,
+    precondition: bool,
+    weight_decay: float,
+    *,
+    block: int | None = None,
+) -> None:
+    """Capturable variant: reads ``[seed, offset, step]`` from ``state``, then advances it by the
+    sum of the tensors' increments and one step (a second one-program launch, as for one tensor)."""
+    total = 0
+    if not zs:
+        _check_lists(zs, grads, vs)
+    else:
+        _check_state(state, zs[0])
+        hyper = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
+        total = _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
+    _launch_on(state.device, kernels.advance_state_kernel, (1,), None, (state, total), {})
