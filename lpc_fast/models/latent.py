@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,8 @@ from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .prior import StandardNormalPrior
 
 __all__ = ["LatentModel", "build_likelihood", "build_model"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class LatentModel(nn.Module):
@@ -65,6 +68,72 @@ class LatentModel(nn.Module):
         nothing because each term depends on its own row.
         """
         return -self.log_joint(x, z)
+
+    def energy_and_grad(
+        self, z: torch.Tensor, x: torch.Tensor, *, accumulate: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E(z; x)`` per data point and ``∇_z E``, both detached, in as few kernels as the maths needs.
+
+        The likelihood's value and its derivative with respect to the decoder output come from one
+        fused kernel (:meth:`Likelihood.log_prob_and_grad`); the decoder is then differentiated once,
+        with respect to ``z`` alone, and the standard normal prior's gradient is ``z`` itself.
+
+        Parameters
+        ----------
+        z : Tensor
+            Latents ``[B, latent_dim]`` (not modified; its ``.grad`` is not touched).
+        x : Tensor
+            Data ``[B, C, H, W]`` in [0, 1].
+        accumulate : bool
+            Also add ``Σ_i ∇_θ E(z_i; x_i)`` to the ``.grad`` of the decoder's and the likelihood's
+            parameters (through autograd's accumulation, so data-parallel gradient hooks see it).
+
+        Returns
+        -------
+        (energy, grad_z)
+            ``[B]`` and ``z``'s shape.
+        """
+        zl = z.detach().requires_grad_(True)
+        if type(self.prior) is not StandardNormalPrior:
+            # Another prior: its gradient by autograd of the whole energy.
+            with torch.enable_grad():
+                energy = self.energy(zl, x)
+                if accumulate:
+                    energy.sum().backward()
+                    return energy.detach(), zl.grad
+                (g,) = torch.autograd.grad(energy.sum(), [zl])
+            return energy.detach(), g
+        with torch.enable_grad():
+            out = self.decoder(zl)
+        log_lik, g_out, g_log_sigma = self.likelihood.log_prob_and_grad(x, out)
+        flat = zl.detach().reshape(zl.shape[0], -1)
+        # E = -log p(x | z) + |z|^2 / 2 + (D/2) log(2 pi): the square sum as a matrix-vector product
+        # with a cached vector of halves, fused with the likelihood term.
+        energy = torch.addmv(log_lik, flat * flat, self._halves(flat), beta=-1.0)
+        energy.add_(flat.shape[1] * _HALF_LOG_2PI)
+        if accumulate:
+            g_out.neg_()  # ∇_out E
+            learned = getattr(self.likelihood, "log_sigma", None)
+            if g_log_sigma is not None and learned is not None and learned.requires_grad:
+                g_ls = g_log_sigma.sum().neg_().to(learned.dtype).reshape(learned.shape)
+                torch.autograd.backward([out, learned], [g_out, g_ls])
+            else:
+                out.backward(g_out)
+            grad = zl.grad.add_(zl.detach())
+        else:
+            (g_lik,) = torch.autograd.grad(out, [zl], g_out)
+            grad = torch.sub(zl.detach(), g_lik)
+        return energy, grad
+
+    def _halves(self, flat: torch.Tensor) -> torch.Tensor:
+        """A vector of ``0.5`` of ``flat``'s width, dtype and device (cached: no per-call allocation)."""
+        key = (flat.shape[1], flat.dtype, flat.device)
+        cache = self.__dict__.setdefault("_halves_cache", {})
+        vec = cache.get(key)
+        if vec is None:
+            vec = torch.full((flat.shape[1],), 0.5, dtype=flat.dtype, device=flat.device)
+            cache[key] = vec
+        return vec
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, log_sigma)`` of ``q(z | x)``, each ``[B, latent_dim]``."""

@@ -16,11 +16,13 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "LIKELIHOOD_KINDS",
     "BernoulliLikelihood",
     "DiscretisedGaussianLikelihood",
     "GaussianLikelihood",
     "Likelihood",
     "log_normal_cdf_difference",
+    "pixel_log_likelihood_reference",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -29,6 +31,55 @@ _LN2 = math.log(2.0)
 
 def _sum_per_point(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+#: The ``kind`` argument of ``lpc_fast::log_likelihood_grad`` for each likelihood.
+LIKELIHOOD_KINDS = {"discretised_gaussian": 0, "gaussian": 1, "bernoulli": 2}
+#: Dtypes the fused op computes in (others take the unfused forms below).
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _fused_op(device: torch.device):
+    from lpc_fast.dispatch import select_backend
+
+    return select_backend(device)._op("log_likelihood_grad")
+
+
+def pixel_log_likelihood_reference(
+    x: torch.Tensor, out: torch.Tensor, log_sigma: torch.Tensor, kind: int, sigmoid: bool, num_levels: int
+) -> torch.Tensor:
+    """Per-pixel ``log p(x | out)`` from the definitions, in plain differentiable torch (float64-capable).
+
+    The reference of ``lpc_fast::log_likelihood_grad``: ``kind`` as in :data:`LIKELIHOOD_KINDS`,
+    ``sigmoid`` the link of the Gaussian kinds, ``log_sigma`` a tensor broadcasting against ``out``
+    (sigma in [0, 1] data units), ``num_levels`` the discretised Gaussian's levels. The discretised
+    Gaussian evaluates ``log_ndtr`` four times per pixel (:func:`log_normal_cdf_difference`).
+    """
+    if kind == LIKELIHOOD_KINDS["bernoulli"]:
+        return -F.binary_cross_entropy_with_logits(out, x, reduction="none")
+    link = torch.sigmoid(out) if sigmoid else out
+    if kind == LIKELIHOOD_KINDS["gaussian"]:
+        r = (x - link) * torch.exp(-log_sigma)
+        return -0.5 * r * r - log_sigma - 0.5 * _LOG_2PI
+    if kind != LIKELIHOOD_KINDS["discretised_gaussian"]:
+        raise ValueError(f"kind must be one of {sorted(LIKELIHOOD_KINDS.values())}, got {kind}")
+    k = num_levels - 1
+    level = torch.round(x.clamp(0.0, 1.0) * k)
+    y = 2.0 * level / k - 1.0
+    inv_s = torch.exp(-(log_sigma + _LN2))
+    m = 2.0 * link - 1.0
+    half = 1.0 / k
+    lo = (y - half - m) * inv_s
+    hi = (y + half - m) * inv_s
+    bottom, top = level <= 0, level >= k
+    # Edge bins are half-lines; give the interior formula finite stand-ins there (no NaN gradients).
+    edge = bottom | top
+    interior = log_normal_cdf_difference(
+        torch.where(edge, torch.zeros_like(lo), lo), torch.where(edge, torch.ones_like(hi), hi)
+    )
+    return torch.where(
+        bottom, torch.special.log_ndtr(hi), torch.where(top, torch.special.log_ndtr(-lo), interior)
+    )
 
 
 class Likelihood(nn.Module):
@@ -50,6 +101,39 @@ class Likelihood(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x, out)
+
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        """The likelihood arguments of ``lpc_fast::log_likelihood_grad`` (after ``x, out``), or None
+        where the fused op does not apply (another dtype, or a likelihood it does not know)."""
+        return None
+
+    def log_prob_and_grad(
+        self, x: torch.Tensor, out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``log p(x | out)`` per data point, its derivative with respect to ``out`` and, for a learned
+        sigma, the per-point derivative with respect to ``log sigma`` (else None), without a graph.
+
+        One kernel (``lpc_fast::log_likelihood_grad``) where the fused op applies, on the backend that
+        :func:`lpc_fast.dispatch.select_backend` picks for ``out``'s device; otherwise autograd of
+        :meth:`log_prob`. Used by the Langevin chain, which needs the gradient at every step.
+        """
+        args = self._fused_args(out)
+        if args is None:
+            with torch.enable_grad():
+                o = out.detach().requires_grad_(True)
+                lp = self.log_prob(x, o)
+                (g,) = torch.autograd.grad(lp.sum(), [o])
+            return lp.detach(), g, None
+        log_sigma = args[0]
+        learned = log_sigma is not None
+        lp, g, g_ls = _fused_op(out.device)(
+            x.to(out.dtype), out.detach(), log_sigma.detach() if learned else None, *args[1:]
+        )
+        return lp, g, g_ls if learned else None
+
+    def _fused_log_prob(self, x: torch.Tensor, out: torch.Tensor, args: tuple) -> torch.Tensor:
+        lp, _, _ = _fused_op(out.device)(x.to(out.dtype), out, *args)
+        return lp
 
 
 class _ScaleMixin(nn.Module):
@@ -112,7 +196,21 @@ class GaussianLikelihood(_ScaleMixin, Likelihood):
         """Location of the Gaussian in data units."""
         return _link(out, self.mean_activation)
 
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        if out.dtype not in _FUSED_DTYPES:
+            return None
+        return (
+            self.log_sigma if self.learn_sigma else None,
+            self._fixed_log_sigma,
+            LIKELIHOOD_KINDS["gaussian"],
+            self.mean_activation == "sigmoid",
+            0,
+        )
+
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        args = self._fused_args(out)
+        if args is not None:
+            return self._fused_log_prob(x, out, args)
         log_sigma = self._log_sigma(out)
         r = (x - self.loc(out)) * torch.exp(-log_sigma)
         return _sum_per_point(-0.5 * r * r - log_sigma - 0.5 * _LOG_2PI)
@@ -129,7 +227,15 @@ class GaussianLikelihood(_ScaleMixin, Likelihood):
 class BernoulliLikelihood(Likelihood):
     """``x ~ Bernoulli(sigmoid(logits))`` per pixel; continuous ``x`` in [0, 1] is allowed (cross-entropy)."""
 
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        if out.dtype not in _FUSED_DTYPES:
+            return None
+        return (None, 0.0, LIKELIHOOD_KINDS["bernoulli"], False, 0)
+
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        args = self._fused_args(out)
+        if args is not None:
+            return self._fused_log_prob(x, out, args)
         return _sum_per_point(-F.binary_cross_entropy_with_logits(out, x.to(out.dtype), reduction="none"))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
@@ -510,19 +616,32 @@ class DiscretisedGaussianLikelihood(_ScaleMixin, Likelihood):
 
     def log_prob_levels_reference(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """:meth:`log_prob_levels` written branch by branch (four ``log_ndtr`` per pixel); for tests."""
-        lo, hi, bottom, top = self._standardised_bin(x, out)
-        # Edge bins are half-lines; give the interior formula finite stand-ins there (no NaN gradients).
-        edge = bottom | top
-        lo_safe = torch.where(edge, torch.zeros_like(lo), lo)
-        hi_safe = torch.where(edge, torch.ones_like(hi), hi)
-        interior = log_normal_cdf_difference(lo_safe, hi_safe)
-        return torch.where(
-            bottom,
-            torch.special.log_ndtr(hi),
-            torch.where(top, torch.special.log_ndtr(-lo), interior),
+        return pixel_log_likelihood_reference(
+            x.to(out.dtype),
+            out,
+            self._log_sigma(out),
+            LIKELIHOOD_KINDS["discretised_gaussian"],
+            self.mean_activation == "sigmoid",
+            self.num_levels,
+        )
+
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        if out.dtype not in _FUSED_DTYPES:
+            return None
+        return (
+            self.log_sigma if self.learn_sigma else None,
+            self._fixed_log_sigma,
+            LIKELIHOOD_KINDS["discretised_gaussian"],
+            self.mean_activation == "sigmoid",
+            self.num_levels,
         )
 
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``log p(x | out)`` per data point: one fused kernel (``lpc_fast::log_likelihood_grad``) for
+        float32 and float64, the sum of :meth:`log_prob_levels` otherwise."""
+        args = self._fused_args(out)
+        if args is not None:
+            return self._fused_log_prob(x, out, args)
         return _sum_per_point(self.log_prob_levels(x, out))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:

@@ -109,8 +109,12 @@ class _ThetaModule(nn.Module):
         for name, param in model.named_parameters(recurse=False):
             self.register_parameter(name, param)
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._model.energy(z, x)
+    def forward(self, z: torch.Tensor, x: torch.Tensor, accumulate: bool | None = None):
+        """``energy(z, x)``; with ``accumulate`` given, ``energy_and_grad(z, x, accumulate=...)``
+        (through this forward, so that data parallelism sees the parameters' gradients)."""
+        if accumulate is None:
+            return self._model.energy(z, x)
+        return self._model.energy_and_grad(z, x, accumulate=accumulate)
 
 
 class Trainer:

@@ -430,3 +430,6 @@ def philox_uint32_(
 
 # The multi-tensor step (its own module: a pointer-table kernel with a host-side table cache).
 from .foreach import langevin_step_foreach_, langevin_step_foreach_state_  # noqa: E402
+
+# The fused likelihood's launcher has its own module; it is registered with the table's other ops.
+from .likelihood import log_likelihood_grad  # noqa: E402,F401
