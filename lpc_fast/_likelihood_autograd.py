@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["backward", "setup_context"]
+__all__ = ["FusedLikelihood", "backward", "setup_context"]
 
 _SECOND_ORDER = (
     "second derivatives of the fused likelihood op (lpc_fast::log_likelihood_grad) are not implemented; "
@@ -69,3 +69,38 @@ def backward(ctx, g_log_prob, _g_grad_out, _g_grad_ls):
             g_ls = torch.dot(g_log_prob, grad_ls)
         g_ls = g_ls.to(dtype).reshape(shape)
     return None, g_out, g_ls, None, None, None, None
+
+
+class FusedLikelihood(torch.autograd.Function):
+    """The op as an ``autograd.Function`` (same backward as the op's registered autograd).
+
+    ``FusedLikelihood.apply(op, x, out, log_sigma, log_sigma_value, kind, sigmoid, num_levels)``
+    with ``op`` one backend's ``log_likelihood_grad`` overload. The likelihood modules call the op
+    through it because ``torch.func`` transforms (``torch.func.grad``) support ``autograd.Function``
+    but not the autograd that ``torch.library.register_autograd`` attaches to an op.
+    """
+
+    @staticmethod
+    def forward(op, x, out, log_sigma, log_sigma_value, kind, sigmoid, num_levels):
+        return op(x, out, log_sigma, log_sigma_value, kind, sigmoid, num_levels)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        setup_context(ctx, inputs[1:], output)
+
+    @staticmethod
+    def backward(ctx, g_log_prob, g_grad_out, g_grad_ls):
+        # needs_input_grad is indexed from op: shift by one for the shared backward.
+        ctx_view = _Shifted(ctx)
+        return (None, *backward(ctx_view, g_log_prob, g_grad_out, g_grad_ls))
+
+
+class _Shifted:
+    """``ctx`` with ``needs_input_grad`` seen without its first entry (the op argument)."""
+
+    def __init__(self, ctx) -> None:
+        self._ctx = ctx
+        self.needs_input_grad = ctx.needs_input_grad[1:]
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)

@@ -69,8 +69,15 @@ class LatentModel(nn.Module):
         """
         return -self.log_joint(x, z)
 
+    def energy_constant(self) -> float:
+        """The part of ``E(z; x)`` that depends on neither ``z`` nor ``x`` nor a parameter: the standard
+        normal prior's ``(latent_dim / 2) log(2 pi)`` (0 for another prior, whose energy keeps it)."""
+        if type(self.prior) is not StandardNormalPrior:
+            return 0.0
+        return self.latent_dim * _HALF_LOG_2PI
+
     def energy_and_grad(
-        self, z: torch.Tensor, x: torch.Tensor, *, accumulate: bool = False
+        self, z: torch.Tensor, x: torch.Tensor, *, accumulate: bool = False, constant: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``E(z; x)`` per data point and ``∇_z E``, both detached, in as few kernels as the maths needs.
 
@@ -87,6 +94,8 @@ class LatentModel(nn.Module):
         accumulate : bool
             Also add ``Σ_i ∇_θ E(z_i; x_i)`` to the ``.grad`` of the decoder's and the likelihood's
             parameters (through autograd's accumulation, so data-parallel gradient hooks see it).
+        constant : bool
+            Include :meth:`energy_constant` in the energy (a chain adds it once to all its passes).
 
         Returns
         -------
@@ -110,7 +119,8 @@ class LatentModel(nn.Module):
         # E = -log p(x | z) + |z|^2 / 2 + (D/2) log(2 pi): the square sum as a matrix-vector product
         # with a cached vector of halves, fused with the likelihood term.
         energy = torch.addmv(log_lik, flat * flat, self._halves(flat), beta=-1.0)
-        energy.add_(flat.shape[1] * _HALF_LOG_2PI)
+        if constant:
+            energy.add_(flat.shape[1] * _HALF_LOG_2PI)
         if accumulate:
             g_out.neg_()  # ∇_out E
             learned = getattr(self.likelihood, "log_sigma", None)
@@ -124,6 +134,28 @@ class LatentModel(nn.Module):
             (g_lik,) = torch.autograd.grad(out, [zl], g_out)
             grad = torch.sub(zl.detach(), g_lik)
         return energy, grad
+
+    def accumulate_decoder_grad(self, z: torch.Tensor, x: torch.Tensor) -> None:
+        """Add ``Σ_i ∇_θ E(z_i; x_i)`` to the ``.grad`` of the decoder's and the likelihood's parameters.
+
+        One forward and one backward through the decoder for all rows at once (the chain calls it once
+        on its kept samples stacked into one batch, ``x`` repeated to match), with the likelihood's
+        derivative from the fused kernel; ``z`` is not differentiated.
+        """
+        if type(self.prior) is not StandardNormalPrior:
+            with torch.enable_grad():
+                self.energy(z.detach(), x).sum().backward()
+            return
+        with torch.enable_grad():
+            out = self.decoder(z.detach())
+        _, g_out, g_log_sigma = self.likelihood.log_prob_and_grad(x, out)
+        g_out.neg_()  # ∇_out E
+        learned = getattr(self.likelihood, "log_sigma", None)
+        if g_log_sigma is not None and learned is not None and learned.requires_grad:
+            g_ls = g_log_sigma.sum().neg_().to(learned.dtype).reshape(learned.shape)
+            torch.autograd.backward([out, learned], [g_out, g_ls])
+        else:
+            out.backward(g_out)
 
     def _halves(self, flat: torch.Tensor) -> torch.Tensor:
         """A vector of ``0.5`` of ``flat``'s width, dtype and device (cached: no per-call allocation)."""

@@ -132,7 +132,9 @@ class Likelihood(nn.Module):
         return lp, g, g_ls if learned else None
 
     def _fused_log_prob(self, x: torch.Tensor, out: torch.Tensor, args: tuple) -> torch.Tensor:
-        lp, _, _ = _fused_op(out.device)(x.to(out.dtype), out, *args)
+        from lpc_fast._likelihood_autograd import FusedLikelihood
+
+        lp, _, _ = FusedLikelihood.apply(_fused_op(out.device), x.to(out.dtype), out, *args)
         return lp
 
 

@@ -109,12 +109,17 @@ class _ThetaModule(nn.Module):
         for name, param in model.named_parameters(recurse=False):
             self.register_parameter(name, param)
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor, accumulate: bool | None = None):
-        """``energy(z, x)``; with ``accumulate`` given, ``energy_and_grad(z, x, accumulate=...)``
-        (through this forward, so that data parallelism sees the parameters' gradients)."""
-        if accumulate is None:
+    def forward(self, z: torch.Tensor, x: torch.Tensor, mode: str | None = None):
+        """``energy(z, x)``; ``mode="grad"``: ``energy_and_grad(z, x, constant=False)``; ``mode="theta"``:
+        ``accumulate_decoder_grad(z, x)`` (through this forward, so that data parallelism sees the
+        parameters' gradients)."""
+        if mode is None:
             return self._model.energy(z, x)
-        return self._model.energy_and_grad(z, x, accumulate=accumulate)
+        if mode == "grad":
+            return self._model.energy_and_grad(z, x, constant=False)
+        if mode == "theta":
+            return self._model.accumulate_decoder_grad(z, x)
+        raise ValueError(f"mode must be None, 'grad' or 'theta', got {mode!r}")
 
 
 class Trainer:

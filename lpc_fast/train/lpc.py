@@ -145,8 +145,9 @@ def run_langevin_chain(
     training_step: int | None = None,
     any_fault: Callable[[bool], bool] | None = None,
     index_offset: int = 0,
-    energy_grad_fn: Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
-    | None = None,
+    energy_grad_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    theta_grad_fn: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    energy_offset: float = 0.0,
 ) -> dict[str, Any]:
     """The chain of LPC.md §3.2-3.3: ``T + 1`` forward/backward passes at ``z_0 .. z_T``, ``T`` moves.
 
@@ -187,10 +188,19 @@ def run_langevin_chain(
     index_offset : int
         Added to batch indices in error messages (this process's first row of the global batch).
     energy_grad_fn : callable, optional
-        ``(z, x, accumulate) -> (energy [b], ∇_z E)``, both detached, also adding ``Σ_i ∇_θ E`` to
-        the parameters' ``.grad`` when ``accumulate`` (:meth:`lpc_fast.models.LatentModel.energy_and_grad`).
-        Used instead of autograd of ``energy_fn`` when given: it differentiates the decoder with
-        respect to ``z`` alone where nothing is accumulated, and allocates nothing else per pass.
+        ``(z, x) -> (energy [b], ∇_z E)``, both detached
+        (:meth:`lpc_fast.models.LatentModel.energy_and_grad`). Used instead of autograd of
+        ``energy_fn`` when given: every pass then differentiates the decoder with respect to ``z``
+        alone, and with ``accumulate`` the decoder gradient of the kept samples is taken after the
+        chain, in one pass over all of them (``theta_grad_fn``, required then), which is the same
+        sum ``Σ_t Σ_i ∇_θ E(z_t,i)``. That pass is skipped when a chain had non-finite values (the
+        caller re-accumulates over the valid samples, as for the passes above).
+    theta_grad_fn : callable, optional
+        ``(z [K b, D], x [K b, ...]) -> None`` adding ``Σ_i ∇_θ E(z_i; x_i)`` to ``.grad``
+        (:meth:`lpc_fast.models.LatentModel.accumulate_decoder_grad`).
+    energy_offset : float
+        Added once to every pass's energy (the constant that ``energy_grad_fn`` may leave out,
+        :meth:`lpc_fast.models.LatentModel.energy_constant`).
 
     Returns
     -------
@@ -211,6 +221,8 @@ def run_langevin_chain(
     """
     steps, burn = config.chain_length, config.burn_in
     policy = config.nonfinite_policy
+    if energy_grad_fn is not None and accumulate and theta_grad_fn is None:
+        raise ValueError("accumulate with energy_grad_fn needs theta_grad_fn (the decoder gradient's pass)")
     z = z0.detach().clone().requires_grad_(True)
     sampler = sampler_factory(z)
     samples = torch.empty((steps - burn, *z.shape), dtype=z.dtype, device=z.device)
@@ -225,13 +237,15 @@ def run_langevin_chain(
         keep = t > burn
         last = t == steps
         # enable_grad: the chain needs ∇_z E even when called under no_grad (sampling, evaluation).
+        # With energy_grad_fn no pass reaches the parameters: none of them is the last to sync.
+        sync_last = last and energy_grad_fn is None
         with (
             torch.enable_grad(),
-            sync_context(last) if sync_context is not None else contextlib.nullcontext(),
+            sync_context(sync_last) if sync_context is not None else contextlib.nullcontext(),
         ):
             if energy_grad_fn is not None:
-                # ∇_z E (and, for kept samples, ∇_θ E) without building or reducing anything else.
-                energy, z.grad = energy_grad_fn(z, x, keep and accumulate)
+                # ∇_z E alone, without building or reducing anything else.
+                energy, z.grad = energy_grad_fn(z, x)
             else:
                 energy = energy_fn(z, x)
                 total = energy.sum()
@@ -255,6 +269,8 @@ def run_langevin_chain(
         if not last:
             sampler.step()
     chain_energies = torch.stack(energies)
+    if energy_offset:
+        chain_energies.add_(energy_offset)
     if policy == "reset":
         check_all = torch.stack(checks)
     else:
@@ -269,7 +285,7 @@ def run_langevin_chain(
         )
         nonfinite = torch.maximum(nonfinite, finite.logical_not().long())  # overflow with no inf/NaN
     del grads
-    return finish_chain(
+    result = finish_chain(
         samples,
         z.detach(),
         chain_energies,
@@ -280,6 +296,12 @@ def run_langevin_chain(
         any_fault=any_fault,
         index_offset=index_offset,
     )
+    if energy_grad_fn is not None and accumulate and not result["faulty"]:
+        kept = samples.shape[0]
+        xs = x.unsqueeze(0).expand(kept, *x.shape).reshape(kept * x.shape[0], *x.shape[1:])
+        with sync_context(True) if sync_context is not None else contextlib.nullcontext():
+            theta_grad_fn(samples.reshape(kept * samples.shape[1], *samples.shape[2:]), xs)
+    return result
 
 
 def finish_chain(
@@ -386,11 +408,7 @@ def posterior_chain_fn(
             z0,
             config,
             lambda z: make_sampler(z, config, seed=seed, offset=start),
-            energy_grad_fn=(
-                (lambda z, xb, acc: model.energy_and_grad(z, xb, accumulate=acc))
-                if hasattr(model, "energy_and_grad")
-                else None
-            ),
+            energy_grad_fn=model.energy_and_grad if hasattr(model, "energy_and_grad") else None,
         )
         position["offset"] = chain["offset_end"]
         return chain["samples"]
@@ -442,6 +460,9 @@ class LPCTrainer(Trainer):
         self._check_loop_mode()
         self.noise_offset = 0
         self._energy = self._ddp(_ThetaModule(self.model))
+        # The chain's lean passes (energy_and_grad) run through this module; an energy replaced
+        # later (a wrapped energy in tests or diagnostics) takes the autograd path.
+        self._lean_energy = self._energy
         self._loop = None  # the LangevinLoop of loop_mode != "sampler", built on first use
         self._enc_loss = (
             self._ddp(_EncoderObjective(self.model, config.encoder_objective))
@@ -514,7 +535,7 @@ class LPCTrainer(Trainer):
         if self.config.loop_mode != "sampler":
             return self._run_loop(x, z0, accumulate, sync_context)
         sampler = self._make_sampler
-        lean = hasattr(self.model, "energy_and_grad")
+        lean = energy is self._lean_energy and hasattr(self.model, "energy_and_grad")
         chain = run_langevin_chain(
             energy,
             x,
@@ -527,7 +548,9 @@ class LPCTrainer(Trainer):
             any_fault=self._any_rank if self.dist.enabled else None,
             index_offset=self.dist.rank * self.local_batch,
             # Through the (possibly data-parallel) energy module, so that gradient hooks fire.
-            energy_grad_fn=(lambda z, xb, acc: energy(z, xb, acc)) if lean else None,
+            energy_grad_fn=(lambda z, xb: energy(z, xb, "grad")) if lean else None,
+            theta_grad_fn=(lambda z, xb: energy(z, xb, "theta")) if lean else None,
+            energy_offset=self.model.energy_constant() if lean else 0.0,
         )
         self.noise_offset = chain["offset_end"] - self.dist.rank * RANK_OFFSET_STRIDE
         return chain
