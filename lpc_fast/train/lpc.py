@@ -188,16 +188,18 @@ def run_langevin_chain(
     index_offset : int
         Added to batch indices in error messages (this process's first row of the global batch).
     energy_grad_fn : callable, optional
-        ``(z, x) -> (energy [b], ∇_z E)``, both detached
-        (:meth:`lpc_fast.models.LatentModel.energy_and_grad`). Used instead of autograd of
+        ``(z, x, record) -> (energy [b], ∇_z E)``, both detached, plus a third item (a record for
+        ``theta_grad_fn``, or None) when ``record`` is set, which the chain does on kept passes when
+        ``accumulate`` (:meth:`lpc_fast.models.LatentModel.energy_and_grad`). Used instead of autograd of
         ``energy_fn`` when given: every pass then differentiates the decoder with respect to ``z``
         alone, and with ``accumulate`` the decoder gradient of the kept samples is taken after the
         chain, in one pass over all of them (``theta_grad_fn``, required then), which is the same
         sum ``Σ_t Σ_i ∇_θ E(z_t,i)``. That pass is skipped when a chain had non-finite values (the
         caller re-accumulates over the valid samples, as for the passes above).
     theta_grad_fn : callable, optional
-        ``(z [K b, D], x [K b, ...]) -> None`` adding ``Σ_i ∇_θ E(z_i; x_i)`` to ``.grad``
-        (:meth:`lpc_fast.models.LatentModel.accumulate_decoder_grad`).
+        ``(z [K b, D], x [K b, ...], records) -> None`` adding ``Σ_i ∇_θ E(z_i; x_i)`` to ``.grad``
+        (:meth:`lpc_fast.models.LatentModel.accumulate_decoder_grad`), from the kept passes' records
+        where they exist (no recomputation), else by one batched pass.
     energy_offset : float
         Added once to every pass's energy (the constant that ``energy_grad_fn`` may leave out,
         :meth:`lpc_fast.models.LatentModel.energy_constant`).
@@ -232,6 +234,7 @@ def run_langevin_chain(
     # overflow, which is as bad). The reset policy needs it after every pass; otherwise it is taken
     # once after the chain, from the kept references.
     checks: list[torch.Tensor] = []
+    records: list[Any] = []  # per kept pass, from energy_grad_fn (see theta_grad_fn)
     g0: torch.Tensor | None = None
     for t in range(steps + 1):
         keep = t > burn
@@ -244,8 +247,13 @@ def run_langevin_chain(
             sync_context(sync_last) if sync_context is not None else contextlib.nullcontext(),
         ):
             if energy_grad_fn is not None:
-                # ∇_z E alone, without building or reducing anything else.
-                energy, z.grad = energy_grad_fn(z, x)
+                # ∇_z E alone, without building or reducing anything else; kept passes also return
+                # what the decoder gradient needs later (records), when the model can.
+                if keep and accumulate:
+                    energy, z.grad, rec = energy_grad_fn(z, x, True)
+                    records.append(rec)
+                else:
+                    energy, z.grad = energy_grad_fn(z, x, False)
             else:
                 energy = energy_fn(z, x)
                 total = energy.sum()
@@ -300,7 +308,7 @@ def run_langevin_chain(
         kept = samples.shape[0]
         xs = x.unsqueeze(0).expand(kept, *x.shape).reshape(kept * x.shape[0], *x.shape[1:])
         with sync_context(True) if sync_context is not None else contextlib.nullcontext():
-            theta_grad_fn(samples.reshape(kept * samples.shape[1], *samples.shape[2:]), xs)
+            theta_grad_fn(samples.reshape(kept * samples.shape[1], *samples.shape[2:]), xs, records)
     return result
 
 
@@ -408,7 +416,11 @@ def posterior_chain_fn(
             z0,
             config,
             lambda z: make_sampler(z, config, seed=seed, offset=start),
-            energy_grad_fn=model.energy_and_grad if hasattr(model, "energy_and_grad") else None,
+            energy_grad_fn=(
+                (lambda z, xb, rec: model.energy_and_grad(z, xb, record=rec))
+                if hasattr(model, "energy_and_grad")
+                else None
+            ),
         )
         position["offset"] = chain["offset_end"]
         return chain["samples"]
@@ -535,7 +547,10 @@ class LPCTrainer(Trainer):
         if self.config.loop_mode != "sampler":
             return self._run_loop(x, z0, accumulate, sync_context)
         sampler = self._make_sampler
-        lean = energy is self._lean_energy and hasattr(self.model, "energy_and_grad")
+        # Data parallelism keeps the autograd passes (its gradient hooks and no_sync follow them).
+        lean = (
+            energy is self._lean_energy and hasattr(self.model, "energy_and_grad") and not self.dist.enabled
+        )
         chain = run_langevin_chain(
             energy,
             x,
@@ -548,8 +563,8 @@ class LPCTrainer(Trainer):
             any_fault=self._any_rank if self.dist.enabled else None,
             index_offset=self.dist.rank * self.local_batch,
             # Through the (possibly data-parallel) energy module, so that gradient hooks fire.
-            energy_grad_fn=(lambda z, xb: energy(z, xb, "grad")) if lean else None,
-            theta_grad_fn=(lambda z, xb: energy(z, xb, "theta")) if lean else None,
+            energy_grad_fn=(lambda z, xb, rec: energy(z, xb, "grad", rec)) if lean else None,
+            theta_grad_fn=(lambda z, xb, recs: energy(z, xb, "theta", records=recs)) if lean else None,
             energy_offset=self.model.energy_constant() if lean else 0.0,
         )
         self.noise_offset = chain["offset_end"] - self.dist.rank * RANK_OFFSET_STRIDE
