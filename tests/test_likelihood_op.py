@@ -254,12 +254,21 @@ def test_energy_and_grad_and_decoder_grad_match_autograd(likelihood):
         torch.testing.assert_close(p.grad, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_lean_chain_accumulates_the_kept_samples_decoder_gradient():
-    """The trainer's chain (lean passes, one batched θ pass) sums ∇_θ E over exactly the kept samples."""
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_lean_chain_accumulates_the_kept_samples_decoder_gradient(architecture):
+    """The trainer's lean chain sums ∇_θ E over exactly the kept samples: from the recorded passes
+    after the chain (MLP decoder) or at each kept pass (conv decoder, autograd)."""
     from lpc_fast.data import load_dataset
     from lpc_fast.train import LPCTrainer, TrainConfig
 
-    digits = load_dataset("digits")
+    if architecture == "mlp":
+        data = load_dataset("digits")
+        model = ModelConfig(latent_dim=4, mlp_hidden=(16,), use_encoder=False)
+    else:
+        data = torch.randint(0, 256, (32, 3, 8, 8), generator=torch.Generator().manual_seed(0)).float() / 255
+        model = ModelConfig(
+            architecture="conv", conv_channels=(4, 4), conv_hidden=16, latent_dim=4, use_encoder=False
+        )
     cfg = TrainConfig(
         dataset="digits",
         batch_size=8,
@@ -267,9 +276,9 @@ def test_lean_chain_accumulates_the_kept_samples_decoder_gradient():
         burn_in=2,
         warm_start="prior",
         seed=0,
-        model=ModelConfig(latent_dim=4, mlp_hidden=(16,), use_encoder=False),
+        model=model,
     )
-    trainer = LPCTrainer(cfg, digits)
+    trainer = LPCTrainer(cfg, data)
     x = trainer.next_batch()
     z0 = trainer.warm_start(x)
     for p in trainer.theta_params:
