@@ -42,6 +42,6 @@ def test_digits_lpc_step_and_chain_pass_stay_within_the_targets(bench_ops):
     assert lpc["decoder_grad_evals_step"] == 22  # T + 1 chain passes and the reverse-KL pass
     assert lpc["ops_per_step"] <= bench_ops.TARGET_OPS_PER_LPC_STEP, lpc["most_common"]
     assert lpc["chain_eval"] <= bench_ops.TARGET_OPS_PER_CHAIN_EVAL
-    # One fused likelihood kernel per decoder pass: 21 chain passes, the batched decoder-gradient
-    # pass over the kept samples, and the reverse-KL pass.
-    assert dict(lpc["most_common"]).get("log_likelihood_grad", 0) == 23
+    # One fused likelihood kernel per decoder pass: 21 chain passes and the reverse-KL pass (the
+    # decoder gradient of the kept samples is formed from the chain passes' records, not recomputed).
+    assert dict(lpc["most_common"]).get("log_likelihood_grad", 0) == 22

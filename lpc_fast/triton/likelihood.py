@@ -27,14 +27,22 @@ from . import interpreter_enabled
 
 __all__ = ["log_likelihood_grad"]
 
-_CF_FROM = 2.0
-_CF_TERMS = 60
-_TAIL = 25.0  # the double tail threshold of likelihood_math.h
-_SQRT_PI = math.sqrt(math.pi)
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-_LN2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-_SQRT_HALF = math.sqrt(0.5)
+# Globals a jitted function reads must be constexpr. A Python float may be materialised as a float32
+# constant: the irrational ones enter the float64 arithmetic through tl.full(..., tl.float64) (_f64).
+_CF_FROM = tl.constexpr(2.0)
+_CF_TERMS = tl.constexpr(60)
+_TAIL = tl.constexpr(25.0)  # the double tail threshold of likelihood_math.h
+_SQRT_PI = tl.constexpr(math.sqrt(math.pi))
+_TWO_OVER_SQRT_PI = tl.constexpr(2.0 / math.sqrt(math.pi))
+_LN2 = tl.constexpr(math.log(2.0))
+_HALF_LOG_2PI = tl.constexpr(0.5 * math.log(2.0 * math.pi))
+_SQRT_HALF = tl.constexpr(math.sqrt(0.5))
+
+
+@triton.jit
+def _f64(value):
+    """A float64 scalar holding the constexpr ``value`` exactly."""
+    return tl.full([], value, tl.float64)
 
 
 @triton.jit
@@ -43,7 +51,7 @@ def _erfcx_cf(x):
     t = x
     for i in tl.static_range(_CF_TERMS):
         t = x + ((_CF_TERMS - i) * 0.5) / t
-    return 1.0 / (t * _SQRT_PI)
+    return 1.0 / (t * _f64(_SQRT_PI))
 
 
 @triton.jit
@@ -81,7 +89,7 @@ def _discretised(x, m, u, levels):
     pb = tl.exp(-zbm * zbm)
     pa = tl.where(edge, 0.0, tl.exp(-zam * zam))
     two_p = _erfc(zbm) - tl.where(edge, 0.0, _erfc(zam))
-    v_main = tl.log(two_p) - _LN2
+    v_main = tl.log(two_p) - _f64(_LN2)
     gm_main = (pb - pa) / two_p
     gs_main = (zam * pa - zbm * pb) / two_p
     # Tail path: everything divided by exp(-z_b**2).
@@ -97,12 +105,12 @@ def _discretised(x, m, u, levels):
         prod * (1.0 - prod * (0.5 - prod * (1.0 / 6.0 - prod * (1.0 / 24.0 - prod / 120.0)))),
         one_minus_r,
     )
-    v_tail = tl.log(sc) - zbt * zbt - _LN2
+    v_tail = tl.log(sc) - zbt * zbt - _f64(_LN2)
     gm_tail = one_minus_r / sc
     gs_tail = (zat * r - zbt) / sc
     value = tl.where(far, v_tail, v_main)
-    d_m = sign * _TWO_OVER_SQRT_PI * u * tl.where(far, gm_tail, gm_main)
-    d_ls = -_TWO_OVER_SQRT_PI * tl.where(far, gs_tail, gs_main)
+    d_m = sign * _f64(_TWO_OVER_SQRT_PI) * u * tl.where(far, gm_tail, gm_main)
+    d_ls = -_f64(_TWO_OVER_SQRT_PI) * tl.where(far, gs_tail, gs_main)
     return value, d_m, d_ls
 
 
@@ -123,11 +131,11 @@ def _element(x, o, ls, levels, KIND: tl.constexpr, SIGMOID: tl.constexpr):
         if KIND == 1:  # Gaussian
             inv_sigma = tl.exp(-ls)
             r = (x - link) * inv_sigma
-            value = -0.5 * r * r - ls - _HALF_LOG_2PI
+            value = -0.5 * r * r - ls - _f64(_HALF_LOG_2PI)
             d_out = r * inv_sigma * d_link
             d_ls = r * r - 1.0
         else:  # discretised Gaussian
-            u = tl.exp(-(ls + _LN2)) * _SQRT_HALF
+            u = tl.exp(-(ls + _f64(_LN2))) * _f64(_SQRT_HALF)
             value, d_m, d_ls = _discretised(x, 2.0 * link - 1.0, u, levels)
             d_out = d_m * 2.0 * d_link
     return value, d_out, d_ls
