@@ -127,6 +127,7 @@ def make_trainer(name: str, args: argparse.Namespace, data: Any):
         lik = trainer.model.likelihood
         if hasattr(lik, "log_prob_levels_reference"):
             lik.log_prob_levels = lik.log_prob_levels_reference  # this trainer's model only
+            lik._fused_args = lambda out: None  # not the fused op: log_prob sums log_prob_levels
         if hasattr(trainer.model.decoder, "channels_last_on_cpu"):
             trainer.model.decoder.channels_last_on_cpu = False  # the conv decoder's previous layout
         return trainer

@@ -10,7 +10,9 @@ and float32 inputs are computed in float32, float64 in float64.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -111,6 +113,51 @@ def philox_uint32_(*, out, seed, offset) -> None:
         out.numel(), seed=rng.to_uint64(seed), offset=rng.to_uint64(offset), device=out.device
     )
     out.copy_(words.view(out.shape))
+
+
+@contextlib.contextmanager
+def _autograd_on() -> Iterator[None]:
+    """Record autograd inside an op kernel, which runs with the autograd dispatch keys excluded."""
+    keys = (
+        torch._C.DispatchKey.AutogradFunctionality,
+        torch._C.DispatchKey.AutogradOther,
+        torch._C.DispatchKey.AutogradNestedTensor,
+    )
+    before = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in keys]
+    try:
+        for k in keys:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for k, was in zip(keys, before):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, was)
+
+
+def log_likelihood_grad(*, x, out, log_sigma, log_sigma_value, kind, sigmoid, num_levels):
+    """The fused likelihood op by autograd of the reference formulas (in ``out``'s dtype).
+
+    ``log sigma`` enters as one leaf per data point, so that one backward gives the per-point
+    derivative the op returns.
+    """
+    from .models.likelihood_math import pixel_log_likelihood_reference
+
+    rows = out.shape[0]
+    with _autograd_on():
+        o = out.detach().to(copy=True).requires_grad_(True)
+        if log_sigma is not None:
+            ls0 = log_sigma.detach().to(out.dtype).reshape(())
+        else:
+            ls0 = torch.tensor(log_sigma_value, dtype=out.dtype, device=out.device)
+        ls = ls0.expand(rows).clone().requires_grad_(True)
+        pixels = pixel_log_likelihood_reference(
+            x.to(out.dtype), o, ls.view((rows,) + (1,) * (out.dim() - 1)), kind, sigmoid, num_levels
+        )
+        log_prob = pixels.reshape(rows, -1).sum(1)
+        grad_out, grad_ls = torch.autograd.grad(log_prob.sum(), [o, ls], allow_unused=True)
+    if grad_ls is None:  # Bernoulli: no scale
+        grad_ls = torch.zeros_like(ls)
+    return log_prob.detach(), grad_out.contiguous(), grad_ls.detach()
 
 
 _schemas.register_python_kernels("reference", sys.modules[__name__])

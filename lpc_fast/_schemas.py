@@ -201,6 +201,44 @@ OPS: dict[str, OpSpec] = {
 
 
 # --------------------------------------------------------------------------------------------------
+# The fused pixel likelihood: value, d/d(decoder output) and d/d(log sigma) in one pass
+# --------------------------------------------------------------------------------------------------
+
+
+def _fake_likelihood(*, out: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = out.shape[0]
+    return (
+        out.new_empty((rows,)),
+        torch.empty(out.shape, dtype=out.dtype, device=out.device),
+        out.new_empty((rows,)),
+    )
+
+
+def _likelihood_setup_context(ctx, inputs, output) -> None:
+    from ._likelihood_autograd import setup_context
+
+    setup_context(ctx, inputs, output)
+
+
+def _likelihood_backward(prefix: str) -> Callable:
+    from ._likelihood_autograd import backward
+
+    return backward
+
+
+# kind: 0 discretised Gaussian, 1 Gaussian, 2 Bernoulli (lpc_fast.models.likelihoods.LIKELIHOOD_KINDS).
+# log_sigma: the learned parameter (read on the device), or None for the fixed log_sigma_value.
+# Returns per data point (dim 0) the log-likelihood summed over the other dims, the derivative with
+# respect to every element of out, and the per-point sum of the derivative with respect to log sigma.
+OPS["log_likelihood_grad"] = OpSpec(
+    "(Tensor x, Tensor out, Tensor? log_sigma, float log_sigma_value, int kind, bool sigmoid, "
+    "int num_levels) -> (Tensor log_prob, Tensor grad_out, Tensor grad_log_sigma)",
+    _fake_likelihood,
+    autograd=(_likelihood_setup_context, _likelihood_backward),
+)
+
+
+# --------------------------------------------------------------------------------------------------
 # Helpers derived from the table
 # --------------------------------------------------------------------------------------------------
 

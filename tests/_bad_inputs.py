@@ -97,6 +97,21 @@ CASES: dict[str, tuple[tuple[str, ...], str, str]] = {
         "ops.philox_normal_(torch.empty(5, dtype=torch.int32, device=D), 1, 0)",
         r"philox_normal_",
     ),
+    "likelihood_x_shape": (
+        ("cpu", "cuda"),
+        "ops.log_likelihood_grad(z[:2], z, None, 0.0, 0, False, 256)",
+        r"x must have out's shape \[4, 4\], got \[2, 4\]",
+    ),
+    "likelihood_kind": (
+        ("cpu", "cuda"),
+        "ops.log_likelihood_grad(z, z, None, 0.0, 7, False, 256)",
+        r"kind must be 0 \(discretised Gaussian\), 1 \(Gaussian\) or 2 \(Bernoulli\), got 7",
+    ),
+    "likelihood_levels": (
+        ("cpu", "cuda"),
+        "ops.log_likelihood_grad(z, z, None, 0.0, 0, False, 1)",
+        r"num_levels must be >= 2, got 1",
+    ),
     "grad_on_another_device": (
         ("cuda",),
         "ops.langevin_step_(z, g.cpu(), v, 1, *h, 1, 0)",

@@ -96,7 +96,23 @@ def _opcheck_cases(dtype: torch.dtype) -> dict[str, list[tuple]]:
         "langevin_step_foreach_state_": [(*lists, lpc_fast.make_rng_state(7, 9, 2), *SCALARS)],
         "philox_normal_": [(torch.empty(41, dtype=dtype), seed, offset)],
         "philox_uint32_": [(torch.empty(41, dtype=torch.int64), seed, offset)],
+        "log_likelihood_grad": _likelihood_cases(dtype),
     }
+
+
+def _likelihood_cases(dtype: torch.dtype) -> list[tuple]:
+    """Every likelihood kind; fixed and learned (float32 parameter) log sigma."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 17, (3, 1, 2, 4), generator=gen).to(dtype) / 16
+    out = torch.randn(3, 1, 2, 4, generator=gen).to(dtype).requires_grad_(True)
+    ls = torch.tensor(-2.0, requires_grad=True)
+    return [
+        (x, out, None, -2.3, 0, True, 17),
+        (x, out, ls, 0.0, 0, False, 17),
+        (x, out, ls, 0.0, 1, True, 0),
+        (x, out, None, -1.0, 1, False, 0),
+        (x, out, None, 0.0, 2, False, 0),
+    ]
 
 
 @pytest.mark.parametrize("backend", cpu_backend_params())

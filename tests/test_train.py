@@ -341,11 +341,16 @@ def _trajectory(digits, **kw) -> tuple[list[float], dict[str, torch.Tensor]]:
     return losses, params_of(trainer)
 
 
-def test_eager_loop_mode_is_the_sampler_trajectory_bit_for_bit(digits):
+def test_eager_loop_mode_matches_the_sampler_trajectory(digits):
     want_losses, want = _trajectory(digits)  # loop_mode="sampler"
     losses, got = _trajectory(digits, loop_mode="eager")
-    assert losses == want_losses
-    assert all(torch.equal(want[k], v) for k, v in got.items())
+    # Same noise, samples and accumulated sum; the sampler mode's chain differentiates the MLP decoder
+    # by hand and forms the decoder gradient from the recorded passes after the chain, the loop by
+    # autograd at every pass: only float32 rounding differs (as for the compiled loop below), far
+    # below the ~lr per step that a wrong noise offset, sample set or scale would move an entry.
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(want_losses), rtol=1e-6, atol=0)
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=1e-5)
 
 
 def test_compile_loop_mode_matches_the_sampler_trajectory(digits):

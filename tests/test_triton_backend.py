@@ -523,6 +523,15 @@ def _opcheck_cases():
         ),
         "philox_normal_": (torch.empty(5, 7, device=DEVICE), 3, 2**33 + 1),
         "philox_uint32_": (torch.empty(5, 7, dtype=torch.int64, device=DEVICE), -1, 2**40),
+        "log_likelihood_grad": (
+            torch.rand(3, 2, 4, dtype=torch.float64, device=DEVICE),
+            torch.randn(3, 2, 4, dtype=torch.float64, device=DEVICE).requires_grad_(True),
+            torch.tensor(-2.0, device=DEVICE, requires_grad=True),
+            0.0,
+            0,
+            True,
+            256,
+        ),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,28 @@ from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .prior import StandardNormalPrior
 
 __all__ = ["LatentModel", "build_likelihood", "build_model"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _plain_mlp_layers(decoder: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of an :class:`MLPDecoder` made of Linear and ReLU layers only (alternating,
+    as :class:`MLPDecoder` builds it) and without hooks, else None."""
+    if type(decoder) is not MLPDecoder:
+        return None
+    mods = list(decoder.net)
+    if len(mods) % 2 == 0 or decoder._forward_hooks or decoder._forward_pre_hooks:
+        return None
+    for i, m in enumerate(mods):
+        if type(m) is not (nn.Linear if i % 2 == 0 else nn.ReLU) or m._forward_hooks or m._forward_pre_hooks:
+            return None
+    return mods[0::2]
+
+
+def _linear(a: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    if lin.bias is None:
+        return torch.mm(a, lin.weight.t())
+    return torch.addmm(lin.bias, a, lin.weight.t())
 
 
 class LatentModel(nn.Module):
@@ -65,6 +88,202 @@ class LatentModel(nn.Module):
         nothing because each term depends on its own row.
         """
         return -self.log_joint(x, z)
+
+    def energy_constant(self) -> float:
+        """The part of ``E(z; x)`` that depends on neither ``z`` nor ``x`` nor a parameter: the standard
+        normal prior's ``(latent_dim / 2) log(2 pi)`` (0 for another prior, whose energy keeps it)."""
+        if type(self.prior) is not StandardNormalPrior:
+            return 0.0
+        return self.latent_dim * _HALF_LOG_2PI
+
+    def energy_and_grad(
+        self,
+        z: torch.Tensor,
+        x: torch.Tensor,
+        *,
+        accumulate: bool = False,
+        constant: bool = True,
+        record: bool = False,
+    ) -> tuple:
+        """``E(z; x)`` per data point and ``∇_z E``, both detached, in as few kernels as the maths needs.
+
+        The likelihood's value and its derivative with respect to the decoder output come from one
+        fused kernel (:meth:`Likelihood.log_prob_and_grad`); the decoder is then differentiated once,
+        with respect to ``z`` alone, and the standard normal prior's gradient is ``z`` itself.
+
+        Parameters
+        ----------
+        z : Tensor
+            Latents ``[B, latent_dim]`` (not modified; its ``.grad`` is not touched).
+        x : Tensor
+            Data ``[B, C, H, W]`` in [0, 1].
+        accumulate : bool
+            Also add ``Σ_i ∇_θ E(z_i; x_i)`` to the ``.grad`` of the decoder's and the likelihood's
+            parameters (through autograd's accumulation, so data-parallel gradient hooks see it).
+        constant : bool
+            Include :meth:`energy_constant` in the energy (a chain adds it once to all its passes).
+        record : bool
+            This pass's decoder gradient is wanted: return, as a third item, what
+            :meth:`accumulate_decoder_grad` needs to form it later without recomputing the pass (a
+            plain ReLU MLP decoder's layer inputs and output gradients, the likelihood's per-point
+            sigma derivative), or, for other decoders, add it to ``.grad`` now (as ``accumulate``)
+            and return None.
+
+        Returns
+        -------
+        (energy, grad_z) or (energy, grad_z, record)
+            ``[B]`` and ``z``'s shape.
+
+        Notes
+        -----
+        A plain ReLU MLP decoder (:class:`MLPDecoder`, Linear and ReLU layers) is differentiated by
+        hand, layer by layer, without building an autograd graph; other decoders by autograd with
+        respect to ``z`` alone.
+        """
+        layers = _plain_mlp_layers(self.decoder) if not accumulate else None
+        if layers is not None and type(self.prior) is StandardNormalPrior:
+            return self._mlp_energy_and_grad(z, x, layers, constant, record)
+        if record:
+            return (*self.energy_and_grad(z, x, accumulate=True, constant=constant), None)
+        zl = z.detach().requires_grad_(True)
+        if type(self.prior) is not StandardNormalPrior:
+            # Another prior: its gradient by autograd of the whole energy.
+            with torch.enable_grad():
+                energy = self.energy(zl, x)
+                if accumulate:
+                    energy.sum().backward()
+                    g = zl.grad
+                else:
+                    (g,) = torch.autograd.grad(energy.sum(), [zl])
+            if not constant:  # this energy includes the prior's own constant
+                energy = energy - self.energy_constant()
+            return energy.detach(), g
+        with torch.enable_grad():
+            out = self.decoder(zl)
+        log_lik, g_out, g_log_sigma = self.likelihood.log_prob_and_grad(x, out)
+        flat = zl.detach().reshape(zl.shape[0], -1)
+        # E = -log p(x | z) + |z|^2 / 2 + (D/2) log(2 pi): the square sum as a matrix-vector product
+        # with a cached vector of halves, fused with the likelihood term.
+        energy = torch.addmv(log_lik, flat * flat, self._halves(flat), beta=-1.0)
+        if constant:
+            energy.add_(flat.shape[1] * _HALF_LOG_2PI)
+        if accumulate:
+            g_out.neg_()  # ∇_out E
+            learned = getattr(self.likelihood, "log_sigma", None)
+            if g_log_sigma is not None and learned is not None and learned.requires_grad:
+                g_ls = g_log_sigma.sum().neg_().to(learned.dtype).reshape(learned.shape)
+                torch.autograd.backward([out, learned], [g_out, g_ls])
+            else:
+                out.backward(g_out)
+            grad = zl.grad.add_(zl.detach())
+        else:
+            (g_lik,) = torch.autograd.grad(out, [zl], g_out)
+            grad = torch.sub(zl.detach(), g_lik)
+        return energy, grad
+
+    def _mlp_energy_and_grad(self, z, x, layers, constant, record):
+        """:meth:`energy_and_grad` of a plain ReLU MLP decoder, forward and backward by hand."""
+        zd = z.detach()
+        with torch.no_grad():
+            inputs = [zd]  # the input of every Linear layer
+            a = zd
+            for i, lin in enumerate(layers):
+                a = _linear(a, lin)
+                if i < len(layers) - 1:
+                    a = torch.relu(a)
+                    inputs.append(a)
+            out = a.view(zd.shape[0], *self.decoder.data_shape)
+            log_lik, g_out, g_log_sigma = self.likelihood.log_prob_and_grad(x, out)
+            d = g_out.view(zd.shape[0], -1)  # ∇ log p(x | z) at the last layer's output
+            deltas = [d]
+            for i in range(len(layers) - 1, 0, -1):
+                d = torch.ops.aten.threshold_backward(torch.mm(d, layers[i].weight), inputs[i], 0)
+                deltas.append(d)
+            g_lik = torch.mm(d, layers[0].weight)
+            deltas.reverse()
+            flat = zd.reshape(zd.shape[0], -1)
+            energy = torch.addmv(log_lik, flat * flat, self._halves(flat), beta=-1.0)
+            if constant:
+                energy.add_(flat.shape[1] * _HALF_LOG_2PI)
+            grad = torch.sub(zd, g_lik.view_as(zd))
+        if not record:
+            return energy, grad
+        # The first layer's input is z itself, which the chain moves in place: the caller passes the
+        # kept samples to accumulate_decoder_grad instead.
+        return energy, grad, (inputs[1:], deltas, g_log_sigma)
+
+    def accumulate_decoder_grad(self, z: torch.Tensor, x: torch.Tensor, records: list | None = None) -> None:
+        """Add ``Σ_i ∇_θ E(z_i; x_i)`` to the ``.grad`` of the decoder's and the likelihood's parameters.
+
+        All rows at once: the chain calls it once on its kept samples stacked into one batch (``x``
+        repeated to match). With ``records`` (from :meth:`energy_and_grad` with ``record=True``, one
+        per block of rows, in order), each layer's weight gradient is one matrix product over all the
+        recorded passes and nothing is recomputed; a record of None means that pass already added its
+        gradient. Without records, one forward and one backward through the decoder, with the
+        likelihood's derivative from the fused kernel, through autograd's accumulation; the recorded
+        gradients are added to ``.grad`` directly.
+        """
+        if records is not None:
+            if any(r is None for r in records):
+                if not all(r is None for r in records):
+                    raise ValueError("records must all be records or all be None (already accumulated)")
+                return
+            layers = _plain_mlp_layers(self.decoder)
+            if layers is None:
+                raise ValueError("records are only made for a plain ReLU MLP decoder")
+            self._accumulate_recorded(z, layers, records)
+            return
+        if type(self.prior) is not StandardNormalPrior:
+            with torch.enable_grad():
+                self.energy(z.detach(), x).sum().backward()
+            return
+        with torch.enable_grad():
+            out = self.decoder(z.detach())
+        _, g_out, g_log_sigma = self.likelihood.log_prob_and_grad(x, out)
+        g_out.neg_()  # ∇_out E
+        learned = getattr(self.likelihood, "log_sigma", None)
+        if g_log_sigma is not None and learned is not None and learned.requires_grad:
+            g_ls = g_log_sigma.sum().neg_().to(learned.dtype).reshape(learned.shape)
+            torch.autograd.backward([out, learned], [g_out, g_ls])
+        else:
+            out.backward(g_out)
+
+    def _accumulate_recorded(self, z: torch.Tensor, layers: list, records: list) -> None:
+        with torch.no_grad():
+            inputs = [z.reshape(z.shape[0], -1)]
+            inputs += [torch.cat([r[0][i] for r in records]) for i in range(len(layers) - 1)]
+            params, grads = [], []
+            for i, lin in enumerate(layers):
+                d = torch.cat([r[1][i] for r in records]).neg_()  # ∇ E at the layer's output
+                if lin.weight.requires_grad:
+                    params.append(lin.weight)
+                    grads.append(torch.mm(d.t(), inputs[i]))
+                if lin.bias is not None and lin.bias.requires_grad:
+                    params.append(lin.bias)
+                    grads.append(d.sum(0))
+            learned = getattr(self.likelihood, "log_sigma", None)
+            if learned is not None and learned.requires_grad and records[0][2] is not None:
+                g_ls = torch.stack([r[2].sum() for r in records]).sum().neg_()
+                params.append(learned)
+                grads.append(g_ls.to(learned.dtype).reshape(learned.shape))
+        # Assigned (or added) directly: a gradient handed to autograd's accumulation while also
+        # referenced here would be copied first. (The trainer takes this path without data
+        # parallelism only.)
+        for p, g in zip(params, grads):
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+
+    def _halves(self, flat: torch.Tensor) -> torch.Tensor:
+        """A vector of ``0.5`` of ``flat``'s width, dtype and device (cached: no per-call allocation)."""
+        key = (flat.shape[1], flat.dtype, flat.device)
+        cache = self.__dict__.setdefault("_halves_cache", {})
+        vec = cache.get(key)
+        if vec is None:
+            vec = torch.full((flat.shape[1],), 0.5, dtype=flat.dtype, device=flat.device)
+            cache[key] = vec
+        return vec
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, log_sigma)`` of ``q(z | x)``, each ``[B, latent_dim]``."""

@@ -16,19 +16,37 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "LIKELIHOOD_KINDS",
     "BernoulliLikelihood",
     "DiscretisedGaussianLikelihood",
     "GaussianLikelihood",
     "Likelihood",
     "log_normal_cdf_difference",
+    "pixel_log_likelihood_reference",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
-_LN2 = math.log(2.0)
+from .likelihood_math import (  # noqa: F401 - re-exported: the reference forms live there
+    _LN2,
+    _LOG_2PI,
+    LIKELIHOOD_KINDS,
+    _log1mexp,
+    log_normal_cdf_difference,
+    pixel_log_likelihood_reference,
+)
 
 
 def _sum_per_point(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+#: Dtypes the fused op computes in (others take the unfused forms below).
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _fused_op(device: torch.device):
+    from lpc_fast.dispatch import select_backend
+
+    return select_backend(device)._op("log_likelihood_grad")
 
 
 class Likelihood(nn.Module):
@@ -50,6 +68,41 @@ class Likelihood(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x, out)
+
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        """The likelihood arguments of ``lpc_fast::log_likelihood_grad`` (after ``x, out``), or None
+        where the fused op does not apply (another dtype, or a likelihood it does not know)."""
+        return None
+
+    def log_prob_and_grad(
+        self, x: torch.Tensor, out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``log p(x | out)`` per data point, its derivative with respect to ``out`` and, for a learned
+        sigma, the per-point derivative with respect to ``log sigma`` (else None), without a graph.
+
+        One kernel (``lpc_fast::log_likelihood_grad``) where the fused op applies, on the backend that
+        :func:`lpc_fast.dispatch.select_backend` picks for ``out``'s device; otherwise autograd of
+        :meth:`log_prob`. Used by the Langevin chain, which needs the gradient at every step.
+        """
+        args = self._fused_args(out)
+        if args is None:
+            with torch.enable_grad():
+                o = out.detach().requires_grad_(True)
+                lp = self.log_prob(x, o)
+                (g,) = torch.autograd.grad(lp.sum(), [o])
+            return lp.detach(), g, None
+        log_sigma = args[0]
+        learned = log_sigma is not None
+        lp, g, g_ls = _fused_op(out.device)(
+            x.to(out.dtype), out.detach(), log_sigma.detach() if learned else None, *args[1:]
+        )
+        return lp, g, g_ls if learned else None
+
+    def _fused_log_prob(self, x: torch.Tensor, out: torch.Tensor, args: tuple) -> torch.Tensor:
+        from lpc_fast._likelihood_autograd import FusedLikelihood
+
+        lp, _, _ = FusedLikelihood.apply(_fused_op(out.device), x.to(out.dtype), out, *args)
+        return lp
 
 
 class _ScaleMixin(nn.Module):
@@ -112,7 +165,21 @@ class GaussianLikelihood(_ScaleMixin, Likelihood):
         """Location of the Gaussian in data units."""
         return _link(out, self.mean_activation)
 
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        if out.dtype not in _FUSED_DTYPES:
+            return None
+        return (
+            self.log_sigma if self.learn_sigma else None,
+            self._fixed_log_sigma,
+            LIKELIHOOD_KINDS["gaussian"],
+            self.mean_activation == "sigmoid",
+            0,
+        )
+
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        args = self._fused_args(out)
+        if args is not None:
+            return self._fused_log_prob(x, out, args)
         log_sigma = self._log_sigma(out)
         r = (x - self.loc(out)) * torch.exp(-log_sigma)
         return _sum_per_point(-0.5 * r * r - log_sigma - 0.5 * _LOG_2PI)
@@ -129,7 +196,15 @@ class GaussianLikelihood(_ScaleMixin, Likelihood):
 class BernoulliLikelihood(Likelihood):
     """``x ~ Bernoulli(sigmoid(logits))`` per pixel; continuous ``x`` in [0, 1] is allowed (cross-entropy)."""
 
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        if out.dtype not in _FUSED_DTYPES:
+            return None
+        return (None, 0.0, LIKELIHOOD_KINDS["bernoulli"], False, 0)
+
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        args = self._fused_args(out)
+        if args is not None:
+            return self._fused_log_prob(x, out, args)
         return _sum_per_point(-F.binary_cross_entropy_with_logits(out, x.to(out.dtype), reduction="none"))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
@@ -137,34 +212,6 @@ class BernoulliLikelihood(Likelihood):
 
     def sample(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.bernoulli(torch.sigmoid(out), generator=generator)
-
-
-def _log1mexp(d: torch.Tensor) -> torch.Tensor:
-    """``log(1 - exp(d))`` for ``d < 0``, accurate for all ``d`` (Maechler 2012).
-
-    Both branches get safe inputs so that the unused one cannot inject NaN gradients through ``where``.
-    """
-    near = d > -_LN2
-    d_near = torch.where(near, d, torch.full_like(d, -1.0))
-    d_far = torch.where(near, torch.full_like(d, -1.0), d)
-    return torch.where(near, torch.log(-torch.expm1(d_near)), torch.log1p(-torch.exp(d_far)))
-
-
-def log_normal_cdf_difference(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``log(Phi(hi) - Phi(lo))`` for ``lo < hi`` without cancellation, in either tail.
-
-    When the interval lies mostly in the upper tail, the symmetric form ``Phi(-lo) - Phi(-hi)`` is used, so
-    the larger CDF value is never rounded to 1; the difference is then ``log Phi(b) + log(1 - exp(log Phi(a) -
-    log Phi(b)))`` with ``log Phi`` from :func:`torch.special.log_ndtr`.
-    """
-    flip = (lo + hi) > 0
-    a = torch.where(flip, -hi, lo)
-    b = torch.where(flip, -lo, hi)
-    log_a = torch.special.log_ndtr(a)
-    log_b = torch.special.log_ndtr(b)
-    # d < 0 strictly for a < b; the clamp only guards against a rounding tie in very narrow bins.
-    d = (log_a - log_b).clamp(max=-torch.finfo(log_a.dtype).tiny)
-    return log_b + _log1mexp(d)
 
 
 # -- discretised Gaussian: value and slopes of log(Phi(b) - Phi(a)) from erfc --------------------------------
@@ -510,19 +557,32 @@ class DiscretisedGaussianLikelihood(_ScaleMixin, Likelihood):
 
     def log_prob_levels_reference(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """:meth:`log_prob_levels` written branch by branch (four ``log_ndtr`` per pixel); for tests."""
-        lo, hi, bottom, top = self._standardised_bin(x, out)
-        # Edge bins are half-lines; give the interior formula finite stand-ins there (no NaN gradients).
-        edge = bottom | top
-        lo_safe = torch.where(edge, torch.zeros_like(lo), lo)
-        hi_safe = torch.where(edge, torch.ones_like(hi), hi)
-        interior = log_normal_cdf_difference(lo_safe, hi_safe)
-        return torch.where(
-            bottom,
-            torch.special.log_ndtr(hi),
-            torch.where(top, torch.special.log_ndtr(-lo), interior),
+        return pixel_log_likelihood_reference(
+            x.to(out.dtype),
+            out,
+            self._log_sigma(out),
+            LIKELIHOOD_KINDS["discretised_gaussian"],
+            self.mean_activation == "sigmoid",
+            self.num_levels,
+        )
+
+    def _fused_args(self, out: torch.Tensor) -> tuple | None:
+        if out.dtype not in _FUSED_DTYPES:
+            return None
+        return (
+            self.log_sigma if self.learn_sigma else None,
+            self._fixed_log_sigma,
+            LIKELIHOOD_KINDS["discretised_gaussian"],
+            self.mean_activation == "sigmoid",
+            self.num_levels,
         )
 
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``log p(x | out)`` per data point: one fused kernel (``lpc_fast::log_likelihood_grad``) for
+        float32 and float64, the sum of :meth:`log_prob_levels` otherwise."""
+        args = self._fused_args(out)
+        if args is not None:
+            return self._fused_log_prob(x, out, args)
         return _sum_per_point(self.log_prob_levels(x, out))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:

@@ -109,8 +109,19 @@ class _ThetaModule(nn.Module):
         for name, param in model.named_parameters(recurse=False):
             self.register_parameter(name, param)
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._model.energy(z, x)
+    def forward(
+        self, z: torch.Tensor, x: torch.Tensor, mode: str | None = None, record: bool = False, records=None
+    ):
+        """``energy(z, x)``; ``mode="grad"``: ``energy_and_grad(z, x, constant=False, record=True)``
+        (with ``record``) or without the record; ``mode="theta"``: ``accumulate_decoder_grad(z, x,
+        records)``. Through this forward, so that data parallelism sees the parameters' gradients."""
+        if mode is None:
+            return self._model.energy(z, x)
+        if mode == "grad":
+            return self._model.energy_and_grad(z, x, constant=False, record=record)
+        if mode == "theta":
+            return self._model.accumulate_decoder_grad(z, x, records)
+        raise ValueError(f"mode must be None, 'grad' or 'theta', got {mode!r}")
 
 
 class Trainer:

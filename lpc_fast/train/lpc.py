@@ -145,6 +145,9 @@ def run_langevin_chain(
     training_step: int | None = None,
     any_fault: Callable[[bool], bool] | None = None,
     index_offset: int = 0,
+    energy_grad_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    theta_grad_fn: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    energy_offset: float = 0.0,
 ) -> dict[str, Any]:
     """The chain of LPC.md §3.2-3.3: ``T + 1`` forward/backward passes at ``z_0 .. z_T``, ``T`` moves.
 
@@ -152,14 +155,16 @@ def run_langevin_chain(
     ``t + 1``) and, for kept samples when ``accumulate`` is set, adds ``Σ_i ∇_θ E(z_t,i)`` to the
     parameters' ``.grad``. Kept samples are ``t = B+1 .. T`` (``B = config.burn_in``).
 
-    Each pass also counts the non-finite values of every chain's energy and ``∇_z E`` (one reduction,
-    kept on the device: no host synchronisation inside the chain). ``config.nonfinite_policy`` decides
-    what happens to chains with any: ``raise`` raises :class:`~lpc_fast.train.faults.NonFiniteError`
-    after the chain; ``skip`` marks the whole chain invalid; ``reset`` puts the chain back at its warm
-    start (with the warm start's gradient and a fresh preconditioner) right after the failing pass and
-    marks only the non-finite samples invalid. With ``accumulate``, invalid samples have already been
-    added to ``.grad``: the caller re-accumulates over the valid ones when ``faulty`` is set (the
-    trainer's :meth:`LPCTrainer._accumulate_valid`).
+    The non-finite values of every chain's energy and ``∇_z E`` are counted on the device (no host
+    synchronisation inside the chain): after every pass under the ``reset`` policy, which acts on them
+    at once, and otherwise once after the chain, from the passes' gradients.
+    ``config.nonfinite_policy`` decides what happens to chains with any: ``raise`` raises
+    :class:`~lpc_fast.train.faults.NonFiniteError` after the chain; ``skip`` marks the whole chain
+    invalid; ``reset`` puts the chain back at its warm start (with the warm start's gradient and a
+    fresh preconditioner) right after the failing pass and marks only the non-finite samples invalid.
+    With ``accumulate``, invalid samples have already been added to ``.grad``: the caller
+    re-accumulates over the valid ones when ``faulty`` is set (the trainer's
+    :meth:`LPCTrainer._accumulate_valid`).
 
     Parameters
     ----------
@@ -182,6 +187,22 @@ def run_langevin_chain(
         every process takes the same path.
     index_offset : int
         Added to batch indices in error messages (this process's first row of the global batch).
+    energy_grad_fn : callable, optional
+        ``(z, x, record) -> (energy [b], ∇_z E)``, both detached, plus a third item (a record for
+        ``theta_grad_fn``, or None) when ``record`` is set, which the chain does on kept passes when
+        ``accumulate`` (:meth:`lpc_fast.models.LatentModel.energy_and_grad`). Used instead of autograd of
+        ``energy_fn`` when given: every pass then differentiates the decoder with respect to ``z``
+        alone, and with ``accumulate`` the decoder gradient of the kept samples is taken after the
+        chain, in one pass over all of them (``theta_grad_fn``, required then), which is the same
+        sum ``Σ_t Σ_i ∇_θ E(z_t,i)``. That pass is skipped when a chain had non-finite values (the
+        caller re-accumulates over the valid samples, as for the passes above).
+    theta_grad_fn : callable, optional
+        ``(z [K b, D], x [K b, ...], records) -> None`` adding ``Σ_i ∇_θ E(z_i; x_i)`` to ``.grad``
+        (:meth:`lpc_fast.models.LatentModel.accumulate_decoder_grad`), from the kept passes' records
+        where they exist (no recomputation), else by one batched pass.
+    energy_offset : float
+        Added once to every pass's energy (the constant that ``energy_grad_fn`` may leave out,
+        :meth:`lpc_fast.models.LatentModel.energy_constant`).
 
     Returns
     -------
@@ -202,58 +223,80 @@ def run_langevin_chain(
     """
     steps, burn = config.chain_length, config.burn_in
     policy = config.nonfinite_policy
+    if energy_grad_fn is not None and accumulate and theta_grad_fn is None:
+        raise ValueError("accumulate with energy_grad_fn needs theta_grad_fn (the decoder gradient's pass)")
     z = z0.detach().clone().requires_grad_(True)
     sampler = sampler_factory(z)
-    kept: list[torch.Tensor] = []
+    samples = torch.empty((steps - burn, *z.shape), dtype=z.dtype, device=z.device)
     energies: list[torch.Tensor] = []  # kept on the device: no host sync inside the chain
-    # Per pass, each chain's energy plus the sum of its gradient: finite exactly when every value is
-    # (or an overflow, which is as bad). Two small kernels per pass; exact counts are taken from the
-    # kept gradient references only after a fault.
+    grads: list[torch.Tensor] = []  # references (each pass makes a new gradient): no copy, no kernel
+    # Each chain's energy plus the sum of its gradient is finite exactly when every value is (or an
+    # overflow, which is as bad). The reset policy needs it after every pass; otherwise it is taken
+    # once after the chain, from the kept references.
     checks: list[torch.Tensor] = []
-    grads: list[torch.Tensor] = []
+    records: list[Any] = []  # per kept pass, from energy_grad_fn (see theta_grad_fn)
     g0: torch.Tensor | None = None
     for t in range(steps + 1):
         keep = t > burn
         last = t == steps
         # enable_grad: the chain needs ∇_z E even when called under no_grad (sampling, evaluation).
+        # With energy_grad_fn no pass reaches the parameters: none of them is the last to sync.
+        sync_last = last and energy_grad_fn is None
         with (
             torch.enable_grad(),
-            sync_context(last) if sync_context is not None else contextlib.nullcontext(),
+            sync_context(sync_last) if sync_context is not None else contextlib.nullcontext(),
         ):
-            energy = energy_fn(z, x)
-            total = energy.sum()
-            if keep and accumulate:
-                z.grad = None
-                total.backward()
+            if energy_grad_fn is not None:
+                # ∇_z E alone, without building or reducing anything else; kept passes also return
+                # what the decoder gradient needs later (records), when the model can.
+                if keep and accumulate:
+                    energy, z.grad, rec = energy_grad_fn(z, x, True)
+                    records.append(rec)
+                else:
+                    energy, z.grad = energy_grad_fn(z, x, False)
             else:
-                (z.grad,) = torch.autograd.grad(total, [z])
-        energy = energy.detach()
+                energy = energy_fn(z, x)
+                total = energy.sum()
+                if keep and accumulate:
+                    z.grad = None
+                    total.backward()
+                else:
+                    (z.grad,) = torch.autograd.grad(total, [z])
+                energy = energy.detach()
         energies.append(energy)
-        grads.append(z.grad)  # a reference (each pass makes a new .grad): no copy, no kernel
-        check = z.grad.detach().flatten(1).sum(1, dtype=energy.dtype).add_(energy)
-        checks.append(check)
+        grads.append(z.grad)
         if keep:
-            kept.append(z.detach().clone())
-        if policy == "reset" and not last:
-            if g0 is None:
-                g0 = z.grad.detach().clone()
-            _reset_chains(z, check.isfinite().logical_not_(), z0, g0, sampler)
+            samples[t - burn - 1].copy_(z.detach())
+        if policy == "reset":
+            check = z.grad.detach().flatten(1).sum(1, dtype=energy.dtype).add_(energy)
+            checks.append(check)
+            if not last:
+                if g0 is None:
+                    g0 = z.grad.detach().clone()
+                _reset_chains(z, check.isfinite().logical_not_(), z0, g0, sampler)
         if not last:
             sampler.step()
-    finite = torch.stack(checks).isfinite().cpu()
+    chain_energies = torch.stack(energies)
+    if energy_offset:
+        chain_energies.add_(energy_offset)
+    if policy == "reset":
+        check_all = torch.stack(checks)
+    else:
+        check_all = torch.stack(grads).flatten(2).sum(2, dtype=chain_energies.dtype).add_(chain_energies)
+    finite = check_all.isfinite().cpu()
     if bool(finite.all()):
         nonfinite = torch.zeros(finite.shape, dtype=torch.int64)
     else:
         nonfinite = (
             torch.stack([g.detach().isfinite().logical_not_().flatten(1).sum(1) for g in grads]).cpu()
-            + torch.stack(energies).isfinite().logical_not_().cpu()
+            + chain_energies.isfinite().logical_not_().cpu()
         )
         nonfinite = torch.maximum(nonfinite, finite.logical_not().long())  # overflow with no inf/NaN
     del grads
-    return finish_chain(
-        torch.stack(kept),
+    result = finish_chain(
+        samples,
         z.detach(),
-        torch.stack(energies),
+        chain_energies,
         nonfinite,
         offset_end=int(sampler.offset),
         config=config,
@@ -261,6 +304,12 @@ def run_langevin_chain(
         any_fault=any_fault,
         index_offset=index_offset,
     )
+    if energy_grad_fn is not None and accumulate and not result["faulty"]:
+        kept = samples.shape[0]
+        xs = x.unsqueeze(0).expand(kept, *x.shape).reshape(kept * x.shape[0], *x.shape[1:])
+        with sync_context(True) if sync_context is not None else contextlib.nullcontext():
+            theta_grad_fn(samples.reshape(kept * samples.shape[1], *samples.shape[2:]), xs, records)
+    return result
 
 
 def finish_chain(
@@ -362,7 +411,16 @@ def posterior_chain_fn(
         z0 = torch.randn(x.shape[0], model.latent_dim, generator=gen).to(x.device)
         start = position["offset"]
         chain = run_langevin_chain(
-            model.energy, x, z0, config, lambda z: make_sampler(z, config, seed=seed, offset=start)
+            model.energy,
+            x,
+            z0,
+            config,
+            lambda z: make_sampler(z, config, seed=seed, offset=start),
+            energy_grad_fn=(
+                (lambda z, xb, rec: model.energy_and_grad(z, xb, record=rec))
+                if hasattr(model, "energy_and_grad")
+                else None
+            ),
         )
         position["offset"] = chain["offset_end"]
         return chain["samples"]
@@ -414,6 +472,9 @@ class LPCTrainer(Trainer):
         self._check_loop_mode()
         self.noise_offset = 0
         self._energy = self._ddp(_ThetaModule(self.model))
+        # The chain's lean passes (energy_and_grad) run through this module; an energy replaced
+        # later (a wrapped energy in tests or diagnostics) takes the autograd path.
+        self._lean_energy = self._energy
         self._loop = None  # the LangevinLoop of loop_mode != "sampler", built on first use
         self._enc_loss = (
             self._ddp(_EncoderObjective(self.model, config.encoder_objective))
@@ -486,6 +547,10 @@ class LPCTrainer(Trainer):
         if self.config.loop_mode != "sampler":
             return self._run_loop(x, z0, accumulate, sync_context)
         sampler = self._make_sampler
+        # Data parallelism keeps the autograd passes (its gradient hooks and no_sync follow them).
+        lean = (
+            energy is self._lean_energy and hasattr(self.model, "energy_and_grad") and not self.dist.enabled
+        )
         chain = run_langevin_chain(
             energy,
             x,
@@ -497,6 +562,10 @@ class LPCTrainer(Trainer):
             training_step=self.step + 1,
             any_fault=self._any_rank if self.dist.enabled else None,
             index_offset=self.dist.rank * self.local_batch,
+            # Through the (possibly data-parallel) energy module, so that gradient hooks fire.
+            energy_grad_fn=(lambda z, xb, rec: energy(z, xb, "grad", rec)) if lean else None,
+            theta_grad_fn=(lambda z, xb, recs: energy(z, xb, "theta", records=recs)) if lean else None,
+            energy_offset=self.model.energy_constant() if lean else 0.0,
         )
         self.noise_offset = chain["offset_end"] - self.dist.rank * RANK_OFFSET_STRIDE
         return chain

@@ -9,7 +9,8 @@ Importing this package does not import Triton.
 Modules, in import order (none imports :mod:`lpc_fast.dispatch`, this package or a module after
 it): ``_interpret`` (whether the interpreter is on), ``kernels`` (the ``@triton.jit`` code),
 ``foreach`` (the foreach op's device tables),
-``launch`` (every host launcher and the one launch site), ``ops`` (dispatcher registration and
+``likelihood`` (the fused likelihood kernel and its launcher), ``launch`` (every host launcher
+and the one launch site), ``ops`` (dispatcher registration and
 the eager bypass of the dispatcher).
 
 Triton runs on CUDA tensors, and on CPU tensors only through its interpreter,

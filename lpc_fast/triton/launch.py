@@ -615,3 +615,7 @@ def langevin_step_foreach_state_(
         hyper = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay)
         total = _launch_foreach(zs, grads, vs, state, 0, 0, 0, hyper, block)
     _launch_on(state.device, kernels.advance_state_kernel, (1,), None, (state, total), {})
+
+
+# The fused likelihood's launcher has its own module; it is registered with the table's other ops.
+from .likelihood import log_likelihood_grad  # noqa: E402,F401
