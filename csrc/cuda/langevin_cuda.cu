@@ -441,12 +441,35 @@ int sm_count() {
   return sms;
 }
 
-// Grid for `chunks` work items: at most enough blocks to fill the device; the kernels'
-// grid-stride loops make any smaller grid correct too.
+// Blocks of `Kernel` (kThreads threads each) that one multiprocessor holds at once, as its
+// registers allow (48 registers: 5 of 8 for the float32 step), queried once per kernel and device;
+// kBlocksPerSm where the query fails (then a launch error, if any, is reported by the launch).
+template <auto Kernel>
+int resident_blocks() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return kBlocksPerSm;
+  const bool cached = device >= 0 && device < kMaxDevices;
+  int blocks = cached ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (blocks > 0) return blocks;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, kThreads, 0) != cudaSuccess ||
+      blocks <= 0) {
+    (void)cudaGetLastError();  // not the launch's error
+    return kBlocksPerSm;
+  }
+  if (cached) cache[device].store(blocks, std::memory_order_relaxed);
+  return blocks;
+}
+
+// Grid of `Kernel` for `chunks` work items: at most one full wave of resident blocks. A larger
+// grid would run its last blocks as a second, partly filled wave (the grid-stride loops give every
+// block the same share of chunks); the loops make any grid size correct.
+template <auto Kernel>
 unsigned int grid_for(int64_t chunks) {
   int sms = sm_count();
   if (sms <= 0) sms = 132;  // a failed query only costs occupancy; the launch reports real errors
-  const int64_t cap = static_cast<int64_t>(sms) * kBlocksPerSm;
+  const int64_t cap = static_cast<int64_t>(sms) * resident_blocks<Kernel>();
   const int64_t need = (chunks + kThreads - 1) / kThreads;
   const int64_t blocks = need < cap ? need : cap;
   return static_cast<unsigned int>(blocks < 1 ? 1 : blocks);
@@ -458,9 +481,10 @@ cudaError_t launch_step_typed(const void* z, const void* grad, const float* v, v
   const bool vec =
       aligned16(z) && aligned16(grad) && aligned16(v) && aligned16(z_out) && aligned16(v_out);
   const int64_t chunks = (n + Chunk<S>::kEpt - 1) / Chunk<S>::kEpt;
-  step_kernel<S, kPrecondition, kPriorGrad><<<grid_for(chunks), kThreads, 0, stream>>>(
-      static_cast<const S*>(z), static_cast<const S*>(grad), v, static_cast<S*>(z_out), v_out, n,
-      args, vec);
+  step_kernel<S, kPrecondition, kPriorGrad>
+      <<<grid_for<step_kernel<S, kPrecondition, kPriorGrad>>(chunks), kThreads, 0, stream>>>(
+          static_cast<const S*>(z), static_cast<const S*>(grad), v, static_cast<S*>(z_out), v_out,
+          n, args, vec);
   return cudaGetLastError();
 }
 
@@ -471,9 +495,10 @@ cudaError_t launch_backward_typed(const void* gz, const float* gv, const void* z
   const bool vec = aligned16(gz) && aligned16(gv) && aligned16(z) && aligned16(grad) &&
                    aligned16(v) && aligned16(grad_z) && aligned16(grad_grad);
   const int64_t chunks = (n + Chunk<S>::kEpt - 1) / Chunk<S>::kEpt;
-  backward_kernel<S, kPrecondition, kPriorGrad><<<grid_for(chunks), kThreads, 0, stream>>>(
-      static_cast<const S*>(gz), gv, static_cast<const S*>(z), static_cast<const S*>(grad), v,
-      static_cast<S*>(grad_z), static_cast<S*>(grad_grad), n, args, vec);
+  backward_kernel<S, kPrecondition, kPriorGrad>
+      <<<grid_for<backward_kernel<S, kPrecondition, kPriorGrad>>(chunks), kThreads, 0, stream>>>(
+          static_cast<const S*>(gz), gv, static_cast<const S*>(z), static_cast<const S*>(grad), v,
+          static_cast<S*>(grad_z), static_cast<S*>(grad_grad), n, args, vec);
   return cudaGetLastError();
 }
 
@@ -668,11 +693,11 @@ cudaError_t launch_philox_normal(void* out, int64_t n, ScalarKind kind, uint64_t
   if (n <= 0) return cudaSuccess;
   const bool vec = aligned16(out);
   if (kind == ScalarKind::kFloat32) {
-    normal_kernel<float><<<grid_for((n + 3) / 4), kThreads, 0, stream>>>(static_cast<float*>(out),
-                                                                         n, seed, offset, vec);
+    normal_kernel<float><<<grid_for<normal_kernel<float>>((n + 3) / 4), kThreads, 0, stream>>>(
+        static_cast<float*>(out), n, seed, offset, vec);
   } else if (kind == ScalarKind::kFloat64) {
-    normal_kernel<double><<<grid_for((n + 3) / 4), kThreads, 0, stream>>>(static_cast<double*>(out),
-                                                                          n, seed, offset, vec);
+    normal_kernel<double><<<grid_for<normal_kernel<double>>((n + 3) / 4), kThreads, 0, stream>>>(
+        static_cast<double*>(out), n, seed, offset, vec);
   } else {
     return cudaErrorInvalidValue;
   }
@@ -682,8 +707,8 @@ cudaError_t launch_philox_normal(void* out, int64_t n, ScalarKind kind, uint64_t
 cudaError_t launch_philox_uint32(int64_t* out, int64_t n, uint64_t seed, uint64_t offset,
                                  cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  uint32_kernel<<<grid_for((n + 3) / 4), kThreads, 0, stream>>>(out, n, seed, offset,
-                                                                aligned16(out));
+  uint32_kernel<<<grid_for<uint32_kernel>((n + 3) / 4), kThreads, 0, stream>>>(out, n, seed, offset,
+                                                                               aligned16(out));
   return cudaGetLastError();
 }
 
