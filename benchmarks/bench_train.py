@@ -108,7 +108,7 @@ def make_data(args: argparse.Namespace) -> Any:
     if args.model == "mlp" or getattr(args, "dataset", None):
         from lpc_fast.data import load_dataset
 
-        return load_dataset(args.dataset or "digits")
+        return load_dataset(getattr(args, "dataset", None) or "digits")
     side = 8 if args.quick else 32
     gen = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (max(4 * args.batch, 256), 3, side, side), generator=gen).float() / 255.0
