@@ -20,12 +20,11 @@ import torch
 from _helpers import cpu_backend_params
 
 import lpc_fast
-import lpc_fast.train as train_pkg
 from lpc_fast import reference, rng
 from lpc_fast.cli import EXIT_DIVERGED, EXIT_NONFINITE, main
 from lpc_fast.models import ModelConfig
 from lpc_fast.sampler import LangevinSampler
-from lpc_fast.train import ConfigError, TrainConfig, load_checkpoint, make_trainer
+from lpc_fast.train import ConfigError, TrainConfig, factory, load_checkpoint, make_trainer
 from lpc_fast.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 from lpc_fast.train.faults import DivergenceGuard, NonFiniteError
 from lpc_fast.train.lpc import encoder_objective
@@ -129,12 +128,14 @@ def inject(trainer, *, step: int, passes: tuple[int, ...], rows: list[int], fact
 
 
 def patch_make_trainer(monkeypatch, **inject_kw):
-    real = train_pkg.make_trainer
+    # run_training builds its trainer with lpc_fast.train.factory.make_trainer (which the package
+    # re-exports): patch it there.
+    real = factory.make_trainer
 
     def make(*args, **kwargs):
         return inject(real(*args, **kwargs), **inject_kw)
 
-    monkeypatch.setattr(train_pkg, "make_trainer", make)
+    monkeypatch.setattr(factory, "make_trainer", make)
 
 
 def params(state_or_trainer) -> dict[str, torch.Tensor]:

@@ -200,9 +200,11 @@ def _step_tile(
     """Block ``blk`` of one tensor: load, convert, update, store. The one body of the forward step.
 
     Both the single-tensor kernel and every dtype branch of the foreach kernel call this function
-    with typed pointers and the float64 parameters, so the two compile the same loads, conversions
-    and arithmetic in the same order: their results are bit-identical by construction, also where
-    the compiler contracts multiply-adds (GPUs), which the interpreter never does.
+    with typed pointers and the float64 parameters: one source for the loads, conversions,
+    arithmetic and stores, in one order, so that the two agree bit for bit also where a GPU
+    compiler contracts multiply-adds (which the interpreter never does). The compiler still
+    optimises each kernel as a whole (the foreach kernel holds four inlined copies), so identity
+    of the compiled code is checked on a GPU (tests/gpu/test_gpu_triton_foreach_identity.py).
     ``z_out``/``v_out`` may alias ``z``/``v`` (in place); without ``PRECONDITION`` and with
     ``STORE_V``, ``v`` is copied to ``v_out``.
     """

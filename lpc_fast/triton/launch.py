@@ -156,11 +156,10 @@ def _split(name: str, x: float) -> tuple[float, float]:
     return hi, lo
 
 
-@functools.lru_cache(maxsize=256)
 def _scalar_args(
     step_size: float, beta: float, eps: float, temperature: float, weight_decay: float
 ) -> tuple[float, ...]:
-    """The kernels' float arguments of the hyper-parameters (cached: a chain repeats them)."""
+    """The kernels' float arguments of the hyper-parameters."""
     if temperature < 0 or step_size < 0:
         raise ValueError(f"step_size and temperature must be >= 0, got {step_size} and {temperature}")
     noise_scale = math.sqrt(2.0 * float(step_size) * float(temperature))
@@ -206,8 +205,27 @@ def _contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-@functools.lru_cache(maxsize=256)
 def _bound(
+    step_size: float,
+    beta: float,
+    eps: float,
+    temperature: float,
+    bias_correction: bool,
+    precondition: bool,
+    weight_decay: float,
+    f64: bool | None,
+    **extra: bool,
+) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """:func:`_bound_cached`, for plain Python floats (a traced SymFloat is not hashable)."""
+    args = (step_size, beta, eps, temperature, bias_correction, precondition, weight_decay, f64)
+    floats = (step_size, beta, eps, temperature, weight_decay)
+    if all(type(x) is float for x in floats):
+        return _bound_cached(*args, **extra)
+    return _bound_cached.__wrapped__(*args, **extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _bound_cached(
     step_size: float,
     beta: float,
     eps: float,
