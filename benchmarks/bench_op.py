@@ -107,7 +107,7 @@ def _kernel_step(backend: str):
             temperature,
             True,
             True,
-            False,
+            0.0,  # weight_decay
             rng.to_int64(seed),
             rng.to_int64(offset),
         )

@@ -179,7 +179,7 @@ def main() -> None:
     gs = [torch.randn(args.n) for _ in range(args.tensors)]
     vs = [torch.zeros(args.n) for _ in range(args.tensors)]
     kw = dict(step=3, step_size=0.01, beta=0.99, eps=1e-3, temperature=1.0, seed=7, offset=1000)
-    scalars = (3, 0.01, 0.99, 1e-3, 1.0, True, True, False, 7, 1000)
+    scalars = (3, 0.01, 0.99, 1e-3, 1.0, True, True, 0.0, 7, 1000)  # ..., bc, pc, weight_decay, ...
     backend = args.backend
     providers = {
         "public": lambda: lpc_fast.langevin_step_(z, g, v, backend=backend, **kw),

@@ -15,7 +15,8 @@ where ``g`` is the gradient of the energy ``N * mean cross-entropy + |theta|^2 /
 hand-written updates add the prior's gradient ``theta / sigma^2`` themselves, the sampler takes it as
 ``weight_decay=1 / sigma**2`` (computed in its fused kernel). A posterior ensemble averages the predictive
 probabilities of the samples taken every second epoch after burn-in; ``adam`` trains the same network
-to the MAP point (mean cross-entropy + the prior / N) for comparison. Reported per run: test NLL and
+with Adam on the mean cross-entropy (a point estimate, no prior: with 1.5M weights under this prior the
+MAP point shrinks the network far below what it needs) for comparison. Reported per run: test NLL and
 error of the ensemble (or of the Adam network), and the mean time of the optimizer step and of the whole
 training step (forward, backward, optimizer), timed in the same process.
 
@@ -135,9 +136,7 @@ def run(method: str, seed: int, data: dict[str, torch.Tensor], args: argparse.Na
             idx = perm[i : i + args.batch_size]
             t0 = time.perf_counter()
             loss = F.cross_entropy(net(x[idx]), y[idx])
-            if method == "adam":  # the MAP point: the same energy divided by N
-                loss = loss + sum(p.pow(2).sum() for p in net.parameters()) / (2 * args.sigma**2 * n)
-            else:
+            if method != "adam":
                 loss = n * loss  # the data set's energy (the prior comes with the optimizer)
             opt.zero_grad(set_to_none=False)
             loss.backward()
@@ -209,7 +208,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS)
     )
-    p.add_argument("--seeds", type=int, default=2, help="seeds per method (0, 1, ...)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     p.add_argument("--hidden", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--burn-in", type=int, default=10, help="epochs before the first posterior sample")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = load_data()
         results = []
         # Methods interleaved per seed, so machine load drifts hit every method alike.
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for method in args.methods:
                 r = run(method, seed, data, args)
                 results.append(r)
