@@ -129,16 +129,19 @@ LIK_INLINE void lik_element_fast(const LikParams<float>& p, float x, float o, fl
     // log1p(y) = log(u) y / (u - 1), exact where u rounds to 1 (Goldberg's trick).
     const float l1p = u == 1.0f ? y : lik_log(u) * (y / (u - 1.0f));
     *value = x * o - (o > 0.0f ? o : 0.0f) - l1p;
-    *d_out = x - 1.0f / (1.0f + lik_exp(-o));
+    // sigmoid(o) = 1 / (1 + e^{-o}) = e^{o} / (1 + e^{o}): from y = e^{-|o|} either way.
+    *d_out = x - (o >= 0.0f ? 1.0f / u : y / u);
     *d_ls = 0.0f;
     *zb_out = 0.0f;
     return;
   }
   float link = o, d_link = 1.0f;
   if (SIGMOID) {
-    const float s = 1.0f / (1.0f + lik_exp(-o));
+    // s = 1 / (1 + e^{-o}) and 1 - s = e^{-o} s, from one exponential (no cancellation either way).
+    const float e = lik_exp(-o);
+    const float s = 1.0f / (1.0f + e);
     link = s;
-    d_link = s * (1.0f / (1.0f + lik_exp(o)));
+    d_link = s * (e * s);
   }
   if (KIND == kGaussian) {
     const float r = (x - link) * p.inv_sigma;

@@ -227,12 +227,13 @@ def _likelihood_backward(prefix: str) -> Callable:
 
 
 # kind: 0 discretised Gaussian, 1 Gaussian, 2 Bernoulli (lpc_fast.models.likelihoods.LIKELIHOOD_KINDS).
+# The ints are SymInt: a triton_op infers its schema from the launcher's signature, and infers SymInt.
 # log_sigma: the learned parameter (read on the device), or None for the fixed log_sigma_value.
 # Returns per data point (dim 0) the log-likelihood summed over the other dims, the derivative with
 # respect to every element of out, and the per-point sum of the derivative with respect to log sigma.
 OPS["log_likelihood_grad"] = OpSpec(
-    "(Tensor x, Tensor out, Tensor? log_sigma, float log_sigma_value, int kind, bool sigmoid, "
-    "int num_levels) -> (Tensor log_prob, Tensor grad_out, Tensor grad_log_sigma)",
+    "(Tensor x, Tensor out, Tensor? log_sigma, float log_sigma_value, SymInt kind, bool sigmoid, "
+    "SymInt num_levels) -> (Tensor log_prob, Tensor grad_out, Tensor grad_log_sigma)",
     _fake_likelihood,
     autograd=(_likelihood_setup_context, _likelihood_backward),
 )

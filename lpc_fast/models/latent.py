@@ -251,10 +251,10 @@ class LatentModel(nn.Module):
     def _accumulate_recorded(self, z: torch.Tensor, layers: list, records: list) -> None:
         with torch.no_grad():
             inputs = [z.reshape(z.shape[0], -1)]
-            inputs += [torch.cat([r[0][i] for r in records]) for i in range(len(layers) - 1)]
+            inputs += [self._stack_into(("h", i), [r[0][i] for r in records]) for i in range(len(layers) - 1)]
             params, grads = [], []
             for i, lin in enumerate(layers):
-                d = torch.cat([r[1][i] for r in records]).neg_()  # ∇ E at the layer's output
+                d = self._stack_into(("d", i), [r[1][i] for r in records]).neg_()  # ∇ E at the layer's output
                 if lin.weight.requires_grad:
                     params.append(lin.weight)
                     grads.append(torch.mm(d.t(), inputs[i]))
@@ -274,6 +274,18 @@ class LatentModel(nn.Module):
                 p.grad = g
             else:
                 p.grad.add_(g)
+
+    def _stack_into(self, key: tuple, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``torch.cat(parts)`` into a buffer kept for the next call of the same shape: a fresh
+        megabyte-sized result every step costs more in page faults than the copy itself."""
+        rows = sum(p.shape[0] for p in parts)
+        shape = (rows, *parts[0].shape[1:])
+        cache = self.__dict__.setdefault("_stack_cache", {})
+        buf = cache.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != parts[0].dtype or buf.device != parts[0].device:
+            buf = torch.empty(shape, dtype=parts[0].dtype, device=parts[0].device)
+            cache[key] = buf
+        return torch.cat(parts, out=buf)
 
     def _halves(self, flat: torch.Tensor) -> torch.Tensor:
         """A vector of ``0.5`` of ``flat``'s width, dtype and device (cached: no per-call allocation)."""
