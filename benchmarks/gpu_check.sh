@@ -378,7 +378,7 @@ if have_module pytest; then
   run_stage pytest-gpu-ops 150 "$OUT/pytest_ops.log" \
     "$PY" -m pytest "${PYTEST_OPTS[@]}" --junitxml="$OUT/junit_ops.xml" \
     tests/gpu/test_gpu_bad_inputs.py tests/gpu/test_gpu_ops.py tests/gpu/test_gpu_foreach.py \
-    tests/gpu/test_gpu_triton_foreach_identity.py \
+    tests/gpu/test_gpu_triton_foreach_identity.py tests/gpu/test_gpu_likelihood.py \
     tests/gpu/test_gpu_large.py
   run_stage pytest-gpu-loops 120 "$OUT/pytest_loops.log" \
     "$PY" -m pytest "${PYTEST_OPTS[@]}" --junitxml="$OUT/junit_loops.xml" \
@@ -393,7 +393,7 @@ if have_module pytest; then
       tests/gpu/test_gpu_bad_inputs.py | tests/gpu/test_gpu_ops.py | tests/gpu/test_gpu_foreach.py | \
         tests/gpu/test_gpu_large.py | tests/gpu/test_gpu_loops.py | tests/gpu/test_gpu_fastloop.py | \
         tests/gpu/test_gpu_sampler.py | tests/gpu/test_gpu_triton_foreach_identity.py | \
-        tests/gpu/test_gpu_capturable.py) ;;
+        tests/gpu/test_gpu_capturable.py | tests/gpu/test_gpu_likelihood.py) ;;
       *) note "WARNING: $f is in neither pytest stage (add it to gpu_check.sh)" ;;
     esac
   done
