@@ -158,23 +158,21 @@ def _likelihood_kernel(
     SIGMOID: tl.constexpr,
     HAS_LS: tl.constexpr,
     BLOCK: tl.constexpr,
+    NUM_BLOCKS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    n = tl.to_tensor(row_len).to(tl.int64)
+    n = tl.cast(row_len, tl.int64)
     base = row * n
     if HAS_LS:
         ls = tl.load(ls_ptr).to(tl.float64)
     else:  # the exact float64 value, carried as three float32 parts
-        ls = (
-            tl.to_tensor(ls_a).to(tl.float64)
-            + tl.to_tensor(ls_b).to(tl.float64)
-            + tl.to_tensor(ls_c).to(tl.float64)
-        )
-    lv = tl.to_tensor(levels).to(tl.float64)
+        ls = tl.cast(ls_a, tl.float64) + tl.cast(ls_b, tl.float64) + tl.cast(ls_c, tl.float64)
+    lv = tl.cast(levels, tl.float64)
     acc_v = tl.zeros([BLOCK], tl.float64)
     acc_s = tl.zeros([BLOCK], tl.float64)
-    for start in range(0, n, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
+    # A compile-time trip count: Triton 3.6's interpreter cannot loop to a run-time bound.
+    for blk in range(NUM_BLOCKS):
+        idx = blk * BLOCK + tl.arange(0, BLOCK)
         mask = idx < n
         x = tl.load(x_ptr + base + idx, mask=mask, other=0.0).to(tl.float64)
         o = tl.load(o_ptr + base + idx, mask=mask, other=0.0).to(tl.float64)
@@ -251,7 +249,13 @@ def log_likelihood_grad(
         float(max(num_levels - 1, 1)),
         row_len,
     )
-    meta = dict(KIND=int(kind), SIGMOID=bool(sigmoid), HAS_LS=log_sigma is not None, BLOCK=block)
+    meta = dict(
+        KIND=int(kind),
+        SIGMOID=bool(sigmoid),
+        HAS_LS=log_sigma is not None,
+        BLOCK=block,
+        NUM_BLOCKS=-(-row_len // block),
+    )
     if out.device.type == "cuda":
         with torch.cuda.device(out.device):
             kernel[(rows,)](*args, **meta)
